@@ -1,0 +1,38 @@
+# lvlm-kit: `make reproduce` runs every notebook on the embedded testbed, `make test` runs
+# the whole suite. Both create .venv when it is missing.
+#
+# TORCH is the pip requirement used for PyTorch. The default leaves pip free to pick your
+# platform's normal build (CUDA on Linux); CI passes TORCH=torch==2.13.0 for a CPU wheel.
+TORCH  ?= torch
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: env test unit lint reproduce clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check lvlm_kit tests
+	$(PY) -m pytest -q -n 2 tests
+
+unit: $(STAMP)
+	$(PY) -m pytest -q -n 2 tests -m "not slow"
+
+lint: $(STAMP)
+	$(PY) -m ruff check lvlm_kit tests
+	$(PY) -m ruff format --check lvlm_kit tests
+
+reproduce: $(STAMP)
+	$(PY) -m lvlm_kit.reproduce --output outputs
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,1 @@
+"""The embedded testbed: a procedural scene world and a small trained LLaVA-architecture model."""

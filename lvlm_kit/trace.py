@@ -1,0 +1,295 @@
+"""One greedy generation, reduced layer by layer: the :class:`Trace`.
+
+:func:`trace` generates once with ``generate()`` (KV cache, greedy), records the residual
+stream at the predicting position of every step (``[K, L+1, d]``), then decodes it with
+the float32 :class:`~lvlm_kit.lens.Lens` a chunk of steps at a time, keeping only small
+per-(token, layer) reductions. ``[K, L+1, V]`` is never held: at most
+``[chunk, L+1, V]`` for a chunk sized to ``chunk_mb``.
+
+A Trace on disk (one safetensors file, written atomically) is enough to redo every figure.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .divergence import entropy, js_divergence, js_divergence_dola
+from .inputs import ImageLike, prepare_inputs
+from .lens import Lens, NormPolicy, ResidualRecorder, check_norm_policy
+from .loading import LoadedModel
+
+FORMAT = "lvlm_kit.trace/1"
+_META_KEY = "lvlm_kit.trace"
+
+
+class TraceFileError(ValueError):
+    """A trace file that is missing pieces, truncated or corrupt."""
+
+
+@dataclass
+class Trace:
+    """Per generated token t (K of them) and per layer j = 0..L (L decoder layers)."""
+
+    model_name: str  # id or folder of the model
+    lens_norm: str  # "final_norm" or "raw": the lens policy used for every array below
+    prompt: str  # the user's instruction
+    prompt_text: str  # the templated prompt given to the processor
+    generated_text: str  # decoded generation (special tokens removed)
+    tokens: list[str]  # [K] decoded generated tokens
+    vocab: dict[int, str]  # decoded strings of every id that appears in token_ids / topk_ids
+    token_ids: torch.Tensor  # [K] int64 generated ids (== plain greedy generate)
+    topk_ids: torch.Tensor  # [K, L+1, k] int64 top-k ids of the lens at each layer
+    topk_probs: torch.Tensor  # [K, L+1, k] float32 their probabilities
+    token_prob: torch.Tensor  # [K, L+1] float32 probability of the emitted token
+    token_rank: torch.Tensor  # [K, L+1] int64 rank of the emitted token (0 = top-1)
+    entropy: torch.Tensor  # [K, L+1] float32 entropy (nats) of the lens distribution
+    js: torch.Tensor  # [K, L] float32 JSD(p_j, p_{j+1}) in nats, in [0, ln 2]
+    prompt_ids: torch.Tensor  # [S] int64 prompt ids (image placeholders expanded)
+    image_positions: torch.Tensor  # [S] bool, True at image tokens
+    js_dola: torch.Tensor | None = None  # [K, L] float64 dola_compat variant, if asked
+    hidden: torch.Tensor | None = None  # [K, L+1, d] residual stream, if keep_hidden
+    meta: dict[str, Any] = field(default_factory=dict)  # generation settings, versions
+
+    @property
+    def n_tokens(self) -> int:
+        """K, the number of generated tokens."""
+        return int(self.token_ids.shape[0])
+
+    @property
+    def n_layers(self) -> int:
+        """L, the number of decoder layers (arrays have L + 1 layer entries)."""
+        return int(self.token_prob.shape[1]) - 1
+
+    def decode(self, token_id: int) -> str:
+        """String of an id seen in this trace."""
+        return self.vocab[int(token_id)]
+
+    def to_frame(self):
+        """Long pandas frame: one row per (token, layer) with prob, rank, entropy, js."""
+        import pandas as pd
+
+        K, L1 = self.token_prob.shape
+        js = torch.cat([self.js, torch.full((K, 1), float("nan"))], dim=1)
+        return pd.DataFrame(
+            {
+                "token_index": np.repeat(np.arange(K), L1),
+                "token": np.repeat(np.array(self.tokens, dtype=object), L1),
+                "layer": np.tile(np.arange(L1), K),
+                "prob": self.token_prob.reshape(-1).numpy(),
+                "rank": self.token_rank.reshape(-1).numpy(),
+                "entropy": self.entropy.reshape(-1).numpy(),
+                "js_next": js.reshape(-1).numpy(),
+                "top1": [self.vocab[int(i)] for i in self.topk_ids[:, :, 0].reshape(-1)],
+            }
+        )
+
+    # ---- persistence -------------------------------------------------------------------
+    _TENSORS = (
+        "token_ids", "topk_ids", "topk_probs", "token_prob", "token_rank", "entropy", "js",
+        "prompt_ids", "image_positions", "js_dola", "hidden",
+    )  # fmt: skip
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the trace to one ``.safetensors`` file, atomically (temp file + rename)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            name: getattr(self, name).contiguous()
+            for name in self._TENSORS
+            if getattr(self, name) is not None
+        }
+        header = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._TENSORS
+        }
+        header["vocab"] = {str(k): v for k, v in self.vocab.items()}
+        header["format"] = FORMAT
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={_META_KEY: json.dumps(header)})
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Trace:
+        """Read a file written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: no such file.
+            TraceFileError: the file is truncated, corrupt or not a trace.
+        """
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"trace file not found: '{path}'")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = json.loads((f.metadata() or {})[_META_KEY])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        except Exception as exc:
+            raise TraceFileError(
+                f"'{path}' is not a readable lvlm_kit trace (truncated or corrupt: "
+                f"{exc.__class__.__name__}: {exc}). Delete it and re-run trace(...).save()."
+            ) from None
+        if header.pop("format", None) != FORMAT:
+            raise TraceFileError(f"'{path}' was not written by this version ({FORMAT}).")
+        header["vocab"] = {int(k): v for k, v in header["vocab"].items()}
+        missing = [n for n in cls._TENSORS[:9] if n not in tensors]
+        if missing:
+            raise TraceFileError(f"'{path}' lacks arrays {missing}; re-create it.")
+        return cls(**header, **tensors)
+
+
+# ---- computing a trace -----------------------------------------------------------------
+
+
+@torch.inference_mode()
+def reduce_steps(
+    lens: Lens,
+    residuals: torch.Tensor,
+    token_ids: torch.Tensor,
+    top_k: int = 10,
+    dola_compat: bool = False,
+    chunk_mb: float = 256.0,
+) -> dict[str, torch.Tensor]:
+    """Decode residuals with the lens and reduce them per (step, layer), chunk by chunk.
+
+    Args:
+        lens: the float32 lens.
+        residuals: ``[K, L+1, d]`` residual stream at each predicting position.
+        token_ids: ``[K]`` the emitted token of each step.
+        top_k: how many top candidates to keep per layer.
+        dola_compat: also compute the DoLa-code JS variant (float64).
+        chunk_mb: memory budget of one chunk of ``[chunk, L+1, V]`` float32 work arrays.
+
+    Returns:
+        Dict of CPU tensors: ``topk_ids``/``topk_probs`` ``[K, L+1, k]``, ``token_prob``,
+        ``token_rank``, ``entropy`` ``[K, L+1]``, ``js`` (and ``js_dola``) ``[K, L]``.
+    """
+    K, L1, _ = residuals.shape
+    V = lens.vocab_size
+    # logits, log-probs, probs and the JS mixture: ~6 float32 arrays of [chunk, L+1, V].
+    chunk = max(1, int(chunk_mb * 2**20 // (6 * 4 * L1 * V)))
+    parts: dict[str, list[torch.Tensor]] = {}
+    ids = token_ids.to(lens.device)
+    for start in range(0, K, chunk):
+        logp = lens.log_probs(residuals[start : start + chunk])  # [c, L+1, V]
+        emitted = ids[start : start + chunk, None, None].expand(-1, L1, 1)
+        tok_logp = logp.gather(-1, emitted)  # [c, L+1, 1]
+        top_lp, top_ids = logp.topk(top_k, dim=-1)
+        out = {
+            "topk_ids": top_ids,
+            "topk_probs": top_lp.exp(),
+            "token_prob": tok_logp[..., 0].exp(),
+            "token_rank": (logp > tok_logp).sum(-1),
+            "entropy": entropy(logp),
+            "js": js_divergence(logp[:, :-1], logp[:, 1:]),
+        }
+        if dola_compat:
+            out["js_dola"] = js_divergence_dola(logp[:, :-1], logp[:, 1:])
+        for key, value in out.items():
+            parts.setdefault(key, []).append(value.cpu())
+        del logp
+    return {key: torch.cat(vals) for key, vals in parts.items()}
+
+
+def greedy_config(model: torch.nn.Module, max_new_tokens: int):
+    """The model's generation config switched to plain greedy decoding."""
+    config = copy.deepcopy(model.generation_config)
+    config.do_sample = False
+    config.num_beams = 1
+    config.max_new_tokens = max_new_tokens
+    for name in ("temperature", "top_p", "top_k"):
+        setattr(config, name, None)
+    if config.pad_token_id is None:
+        config.pad_token_id = config.eos_token_id if config.eos_token_id is not None else 0
+    return config
+
+
+@torch.inference_mode()
+def trace(
+    loaded: LoadedModel,
+    image: ImageLike | None,
+    prompt: str,
+    max_new_tokens: int = 64,
+    *,
+    lens_norm: NormPolicy = "final_norm",
+    top_k: int = 10,
+    keep_hidden: bool = False,
+    dola_compat: bool = False,
+    chunk_mb: float = 256.0,
+) -> Trace:
+    """Generate greedily once and reduce every layer's early-exit distribution per token.
+
+    Args:
+        loaded: from :func:`~lvlm_kit.loading.load_model`.
+        image: path / PIL / array, or None for text only.
+        prompt: the instruction, e.g. "Please describe this image in detail."
+        max_new_tokens: generation length limit K_max.
+        lens_norm: ``"final_norm"`` (default) or ``"raw"`` (the authors' code).
+        top_k: top candidates kept per (token, layer).
+        keep_hidden: also keep the residual stream ``[K, L+1, d]`` (for features).
+        dola_compat: also compute the DoLa-code JS variant.
+        chunk_mb: memory budget for the lens work arrays.
+
+    Returns:
+        The :class:`Trace`.
+    """
+    check_norm_policy(lens_norm)
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1.")
+    if top_k < 1:
+        raise ValueError("top_k must be at least 1.")
+    inputs, prompt_text = prepare_inputs(loaded, image, prompt)
+    lens = Lens(loaded.anatomy, lens_norm)
+    with ResidualRecorder(loaded.anatomy, device=lens.device) as rec:
+        sequences = loaded.model.generate(
+            **inputs, generation_config=greedy_config(loaded.model, max_new_tokens)
+        )
+    prompt_ids = inputs["input_ids"][0].cpu()
+    token_ids = sequences[0, prompt_ids.shape[0] :].cpu()
+    residuals = rec.stacked()
+    if residuals.shape[0] != token_ids.shape[0]:  # pragma: no cover - generate internals
+        raise RuntimeError(
+            f"recorded {residuals.shape[0]} forward steps for {token_ids.shape[0]} tokens; "
+            "the generation strategy is not plain greedy decoding."
+        )
+    reduced = reduce_steps(lens, residuals, token_ids, top_k, dola_compat, chunk_mb)
+    tok = loaded.tokenizer
+    seen = torch.unique(torch.cat([token_ids, reduced["topk_ids"].reshape(-1)])).tolist()
+    return Trace(
+        model_name=loaded.name,
+        lens_norm=lens_norm,
+        prompt=prompt,
+        prompt_text=prompt_text,
+        generated_text=tok.decode(token_ids, skip_special_tokens=True),
+        tokens=[tok.decode([i]) for i in token_ids.tolist()],
+        vocab={i: tok.decode([i]) for i in seen},
+        token_ids=token_ids,
+        prompt_ids=prompt_ids,
+        image_positions=loaded.anatomy.image_positions(prompt_ids),
+        hidden=residuals.cpu() if keep_hidden else None,
+        meta={
+            "max_new_tokens": max_new_tokens,
+            "top_k": top_k,
+            "model_dtype": str(loaded.model.dtype),
+            "n_layers": loaded.anatomy.n_layers,
+            "vocab_size": lens.vocab_size,
+        },
+        **reduced,
+    )

@@ -1,0 +1,65 @@
+import os
+import random
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lvlm_kit import LoadedModel, resolve_anatomy
+from lvlm_kit.testbed.model import LlavaShape, build_model, build_processor
+from lvlm_kit.testbed.tokenizer import build_word_tokenizer
+
+WORDS = (
+    "a an the red blue green boat sun tree cat is are left right of above next to and , "
+    "describe image what colour color how many one two three there in"
+).split()
+TINY = LlavaShape(
+    image_size=32, patch_size=8, vision_hidden=32, vision_layers=2, vision_heads=2,
+    hidden=64, layers=4, heads=4, kv_heads=2, intermediate=128, max_positions=256,
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+def make_tiny_llava(seed: int = 0) -> LoadedModel:
+    tok = build_word_tokenizer(WORDS)
+    model = build_model(TINY, tok, seed=seed)
+    return LoadedModel(model, build_processor(TINY, tok), resolve_anatomy(model), "tiny-llava")
+
+
+def make_tiny_llama(seed: int = 0) -> LoadedModel:
+    tok = build_word_tokenizer(WORDS)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return LoadedModel(model, tok, resolve_anatomy(model), "tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def tiny_llava() -> LoadedModel:
+    return make_tiny_llava()
+
+
+@pytest.fixture(scope="module")
+def tiny_llama() -> LoadedModel:
+    return make_tiny_llama()
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return (np.random.RandomState(1).rand(40, 48, 3) * 255).astype(np.uint8)

@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from lvlm_kit import Lens, ResidualRecorder
+from lvlm_kit.inputs import prepare_inputs
+
+
+def forward_with_residuals(loaded, image, prompt="Describe the image."):
+    inputs, _ = prepare_inputs(loaded, image, prompt)
+    with ResidualRecorder(loaded.anatomy) as rec, torch.inference_mode():
+        logits = loaded.model(**inputs).logits[0, -1]
+    return rec.stacked(), logits
+
+
+@pytest.mark.parametrize("which", ["tiny_llava", "tiny_llama"])
+def test_last_layer_lens_equals_model_logits(which, request, image):
+    loaded = request.getfixturevalue(which)
+    residuals, logits = forward_with_residuals(loaded, image if which == "tiny_llava" else None)
+    assert residuals.shape == (1, loaded.anatomy.n_layers + 1, loaded.anatomy.hidden_size)
+    for norm in ("final_norm", "raw"):
+        lens_logits = Lens(loaded.anatomy, norm).logits(residuals)
+        assert lens_logits.dtype == torch.float32
+        torch.testing.assert_close(lens_logits[0, -1], logits.float(), atol=1e-4, rtol=0)
+
+
+def test_raw_and_final_norm_differ_before_last_layer(tiny_llava, image):
+    residuals, _ = forward_with_residuals(tiny_llava, image)
+    normed = Lens(tiny_llava.anatomy, "final_norm").logits(residuals)
+    raw = Lens(tiny_llava.anatomy, "raw").logits(residuals)
+    torch.testing.assert_close(normed[:, -1], raw[:, -1])
+    for j in range(tiny_llava.anatomy.n_layers):
+        assert (normed[:, j] - raw[:, j]).abs().max() > 1e-2
+    # "raw" is lm_head on the un-normed residual, exactly.
+    expected = residuals[:, 0].float() @ tiny_llava.model.lm_head.weight.T.float()
+    torch.testing.assert_close(raw[:, 0], expected)
+
+
+def test_lens_is_float32_on_a_bfloat16_model(image):
+    from conftest import make_tiny_llava
+
+    loaded = make_tiny_llava()
+    loaded.model.to(torch.bfloat16)
+    residuals, logits = forward_with_residuals(loaded, image)
+    assert residuals.dtype == torch.bfloat16
+    lens = Lens(loaded.anatomy)
+    assert lens.weight.dtype == torch.float32
+    out = lens.logits(residuals)
+    assert out.dtype == torch.float32
+    # The model's own head runs in bf16; the lens agrees to bf16 precision.
+    torch.testing.assert_close(out[0, -1], logits.float(), atol=0.05, rtol=0.02)
+
+
+def test_lens_rejects_bad_input(tiny_llava):
+    with pytest.raises(ValueError, match="norm policy 'layernorm' is unknown"):
+        Lens(tiny_llava.anatomy, "layernorm")
+    with pytest.raises(ValueError, match=r"expected residuals of shape \[n, 5, d\]"):
+        Lens(tiny_llava.anatomy).logits(torch.zeros(2, 3, 64))
+
+
+def test_recorder_removes_hooks(tiny_llava, image):
+    inputs, _ = prepare_inputs(tiny_llava, image, "Describe the image.")
+    with ResidualRecorder(tiny_llava.anatomy) as rec:
+        tiny_llava.model(**inputs)
+    tiny_llava.model(**inputs)
+    assert len(rec.steps) == 1
+    assert all(not layer._forward_hooks for layer in tiny_llava.anatomy.layers)
+    with pytest.raises(RuntimeError, match="no forward pass"):
+        ResidualRecorder(tiny_llava.anatomy).stacked()

@@ -1,0 +1,119 @@
+import math
+from dataclasses import fields
+
+import pytest
+import torch
+
+from lvlm_kit import Trace, TraceFileError, trace
+from lvlm_kit.inputs import prepare_inputs
+from lvlm_kit.lens import Lens
+from lvlm_kit.trace import greedy_config, reduce_steps
+
+PROMPT = "Describe the image."
+
+
+@pytest.fixture(scope="module")
+def llava_trace(tiny_llava, image) -> Trace:
+    return trace(tiny_llava, image, PROMPT, 12, keep_hidden=True, dola_compat=True)
+
+
+@pytest.mark.parametrize("which", ["tiny_llava", "tiny_llama"])
+def test_trace_tokens_equal_plain_greedy_generate(which, request, image):
+    loaded = request.getfixturevalue(which)
+    img = image if loaded.is_vision else None
+    tr = trace(loaded, img, PROMPT, 12)
+    inputs, _ = prepare_inputs(loaded, img, PROMPT)
+    plain = loaded.model.generate(**inputs, generation_config=greedy_config(loaded.model, 12))
+    assert tr.token_ids.tolist() == plain[0, inputs["input_ids"].shape[1] :].tolist()
+    assert tr.n_tokens == 12 and tr.n_layers == 4
+
+
+def test_trace_values(llava_trace, tiny_llava):
+    tr = llava_trace
+    K, L = tr.n_tokens, tr.n_layers
+    assert tr.token_prob.shape == (K, L + 1) and tr.js.shape == (K, L)
+    assert tr.topk_ids.shape == (K, L + 1, 10) and tr.hidden.shape == (K, L + 1, 64)
+    # Greedy: the emitted token is the last layer's top-1, rank 0, and its top-1 prob.
+    assert tr.token_rank[:, -1].tolist() == [0] * K
+    assert torch.equal(tr.topk_ids[:, -1, 0], tr.token_ids)
+    torch.testing.assert_close(tr.token_prob[:, -1], tr.topk_probs[:, -1, 0])
+    assert bool(((tr.js >= 0) & (tr.js <= math.log(2))).all())
+    assert bool((tr.entropy <= math.log(tiny_llava.anatomy.vocab_size) + 1e-5).all())
+    assert (tr.topk_probs[:, :, :-1] >= tr.topk_probs[:, :, 1:]).all()
+    assert tr.js_dola.dtype == torch.float64
+    assert int(tr.image_positions.sum()) == 16
+    assert tr.tokens == [tr.decode(i) for i in tr.token_ids]
+    assert tr.generated_text.replace(" ", "") == "".join(
+        t for t in tr.tokens if t not in ("</s>", "<pad>")
+    ).replace(" ", "")
+
+
+def test_trace_probs_match_model_softmax(llava_trace, tiny_llava, image):
+    # Step 0 is the prefill: its last-layer lens is the model's own next-token softmax.
+    inputs, _ = prepare_inputs(tiny_llava, image, PROMPT)
+    with torch.inference_mode():
+        probs = tiny_llava.model(**inputs).logits[0, -1].softmax(-1)
+    first = llava_trace.token_ids[0]
+    assert llava_trace.token_prob[0, -1].item() == pytest.approx(probs[first].item(), abs=1e-6)
+
+
+def test_chunking_does_not_change_results(llava_trace, tiny_llava):
+    lens = Lens(tiny_llava.anatomy)
+    big = reduce_steps(lens, llava_trace.hidden, llava_trace.token_ids, chunk_mb=1024)
+    tiny = reduce_steps(lens, llava_trace.hidden, llava_trace.token_ids, chunk_mb=1e-6)
+    # Ids and ranks are exact; floats may differ in the last ulp (BLAS blocks by batch size).
+    for key in big:
+        for other in (tiny[key], getattr(llava_trace, key)):
+            if big[key].is_floating_point():
+                torch.testing.assert_close(big[key], other, atol=1e-6, rtol=1e-5)
+            else:
+                assert torch.equal(big[key], other), key
+
+
+def test_save_load_round_trip_exact(llava_trace, tmp_path):
+    path = llava_trace.save(tmp_path / "sub" / "t.safetensors")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["t.safetensors"]
+    back = Trace.load(path)
+    for f in fields(Trace):
+        a, b = getattr(llava_trace, f.name), getattr(back, f.name)
+        if isinstance(a, torch.Tensor):
+            assert a.dtype == b.dtype and torch.equal(a, b), f.name
+        else:
+            assert a == b, f.name
+
+
+def test_save_without_optional_arrays(tiny_llama, tmp_path):
+    tr = trace(tiny_llama, None, PROMPT, 3)
+    assert tr.hidden is None and tr.js_dola is None
+    back = Trace.load(tr.save(tmp_path / "t.safetensors"))
+    assert back.hidden is None and torch.equal(back.js, tr.js)
+
+
+def test_corrupt_and_missing_files(llava_trace, tmp_path):
+    path = llava_trace.save(tmp_path / "t.safetensors")
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(TraceFileError, match="cut.safetensors.*truncated or corrupt"):
+        Trace.load(tmp_path / "cut.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a trace at all")
+    with pytest.raises(TraceFileError, match="junk.safetensors"):
+        Trace.load(tmp_path / "junk.safetensors")
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        Trace.load(tmp_path / "nope.safetensors")
+
+
+def test_to_frame(llava_trace):
+    df = llava_trace.to_frame()
+    K, L1 = llava_trace.token_prob.shape
+    assert len(df) == K * L1
+    row = df[(df.token_index == 2) & (df.layer == 1)].iloc[0]
+    assert row.prob == pytest.approx(llava_trace.token_prob[2, 1].item())
+    assert row.js_next == pytest.approx(llava_trace.js[2, 1].item())
+    assert df[df.layer == L1 - 1].js_next.isna().all()
+
+
+def test_bad_arguments(tiny_llava, image):
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        trace(tiny_llava, image, PROMPT, 0)
+    with pytest.raises(ValueError, match="norm policy"):
+        trace(tiny_llava, image, PROMPT, 2, lens_norm="bogus")
