@@ -15,6 +15,7 @@ import copy
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ class Trace:
     js: torch.Tensor  # [K, L] float32 JSD(p_j, p_{j+1}) in nats, in [0, ln 2]
     prompt_ids: torch.Tensor  # [S] int64 prompt ids (image placeholders expanded)
     image_positions: torch.Tensor  # [S] bool, True at image tokens
+    offsets: list[int] = field(default_factory=list)  # [K] char start of token t in generated_text
+    watch_ids: torch.Tensor | None = None  # [W] ids whose probabilities were tracked
+    watch_probs: torch.Tensor | None = None  # [K, L+1, W] float32 their probability per layer
     js_dola: torch.Tensor | None = None  # [K, L] float64 dola_compat variant, if asked
     hidden: torch.Tensor | None = None  # [K, L+1, d] residual stream, if keep_hidden
     meta: dict[str, Any] = field(default_factory=dict)  # generation settings, versions
@@ -95,7 +99,7 @@ class Trace:
     # ---- persistence -------------------------------------------------------------------
     _TENSORS = (
         "token_ids", "topk_ids", "topk_probs", "token_prob", "token_rank", "entropy", "js",
-        "prompt_ids", "image_positions", "js_dola", "hidden",
+        "prompt_ids", "image_positions", "watch_ids", "watch_probs", "js_dola", "hidden",
     )  # fmt: skip
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -158,6 +162,35 @@ class Trace:
 # ---- computing a trace -----------------------------------------------------------------
 
 
+def _watch_ids(tokenizer: Any, watch: Sequence[int | str], vocab_size: int) -> torch.Tensor:
+    ids = []
+    for item in watch:
+        if isinstance(item, str):
+            pieces = tokenizer.encode(item, add_special_tokens=False)
+            if not pieces:
+                raise ValueError(f"watch word {item!r} encodes to no token.")
+            item = pieces[0]
+        if not 0 <= int(item) < vocab_size:
+            raise ValueError(f"watch id {item} is outside the vocabulary (0..{vocab_size - 1}).")
+        ids.append(int(item))
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _decode_with_offsets(tokenizer: Any, ids: list[int]) -> tuple[str, list[int]]:
+    """Decoded text and each token's start offset in it (by incremental decoding)."""
+    offsets, previous = [], ""
+    for k in range(len(ids)):
+        text = tokenizer.decode(ids[: k + 1], skip_special_tokens=True)
+        # Where this token's characters begin: after the common prefix with the text so far.
+        common = len(previous)
+        while common and not text.startswith(previous[:common]):
+            common -= 1
+        added = text[common:]
+        offsets.append(common + (len(added) - len(added.lstrip())))
+        previous = text
+    return previous, offsets
+
+
 @torch.inference_mode()
 def reduce_steps(
     lens: Lens,
@@ -166,6 +199,7 @@ def reduce_steps(
     top_k: int = 10,
     dola_compat: bool = False,
     chunk_mb: float = 256.0,
+    watch_ids: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Decode residuals with the lens and reduce them per (step, layer), chunk by chunk.
 
@@ -176,10 +210,12 @@ def reduce_steps(
         top_k: how many top candidates to keep per layer.
         dola_compat: also compute the DoLa-code JS variant (float64).
         chunk_mb: memory budget of one chunk of ``[chunk, L+1, V]`` float32 work arrays.
+        watch_ids: ``[W]`` ids whose probability to keep at every (step, layer).
 
     Returns:
         Dict of CPU tensors: ``topk_ids``/``topk_probs`` ``[K, L+1, k]``, ``token_prob``,
-        ``token_rank``, ``entropy`` ``[K, L+1]``, ``js`` (and ``js_dola``) ``[K, L]``.
+        ``token_rank``, ``entropy`` ``[K, L+1]``, ``js`` (and ``js_dola``) ``[K, L]``,
+        ``watch_probs`` ``[K, L+1, W]`` when ``watch_ids`` is given.
     """
     K, L1, _ = residuals.shape
     V = lens.vocab_size
@@ -200,6 +236,8 @@ def reduce_steps(
             "entropy": entropy(logp),
             "js": js_divergence(logp[:, :-1], logp[:, 1:]),
         }
+        if watch_ids is not None:
+            out["watch_probs"] = logp[..., watch_ids.to(lens.device)].exp()
         if dola_compat:
             out["js_dola"] = js_divergence_dola(logp[:, :-1], logp[:, 1:])
         for key, value in out.items():
@@ -233,6 +271,7 @@ def trace(
     keep_hidden: bool = False,
     dola_compat: bool = False,
     chunk_mb: float = 256.0,
+    watch: Sequence[int | str] = (),
 ) -> Trace:
     """Generate greedily once and reduce every layer's early-exit distribution per token.
 
@@ -246,6 +285,8 @@ def trace(
         keep_hidden: also keep the residual stream ``[K, L+1, d]`` (for features).
         dola_compat: also compute the DoLa-code JS variant.
         chunk_mb: memory budget for the lens work arrays.
+        watch: tokens (ids, or words whose first token is used) whose probability to track
+            at every step and layer, e.g. the correct object of a hallucination.
 
     Returns:
         The :class:`Trace`.
@@ -257,6 +298,7 @@ def trace(
         raise ValueError("top_k must be at least 1.")
     inputs, prompt_text = prepare_inputs(loaded, image, prompt)
     lens = Lens(loaded.anatomy, lens_norm)
+    watch_ids = _watch_ids(loaded.tokenizer, watch, lens.vocab_size) if watch else None
     with ResidualRecorder(loaded.anatomy, device=lens.device) as rec:
         sequences = loaded.model.generate(
             **inputs, generation_config=greedy_config(loaded.model, max_new_tokens)
@@ -269,15 +311,19 @@ def trace(
             f"recorded {residuals.shape[0]} forward steps for {token_ids.shape[0]} tokens; "
             "the generation strategy is not plain greedy decoding."
         )
-    reduced = reduce_steps(lens, residuals, token_ids, top_k, dola_compat, chunk_mb)
+    reduced = reduce_steps(lens, residuals, token_ids, top_k, dola_compat, chunk_mb, watch_ids)
     tok = loaded.tokenizer
-    seen = torch.unique(torch.cat([token_ids, reduced["topk_ids"].reshape(-1)])).tolist()
+    extra = [] if watch_ids is None else [watch_ids]
+    seen = torch.unique(torch.cat([token_ids, reduced["topk_ids"].reshape(-1), *extra])).tolist()
+    text, offsets = _decode_with_offsets(tok, token_ids.tolist())
     return Trace(
         model_name=loaded.name,
         lens_norm=lens_norm,
         prompt=prompt,
         prompt_text=prompt_text,
-        generated_text=tok.decode(token_ids, skip_special_tokens=True),
+        generated_text=text,
+        offsets=offsets,
+        watch_ids=watch_ids,
         tokens=[tok.decode([i]) for i in token_ids.tolist()],
         vocab={i: tok.decode([i]) for i in seen},
         token_ids=token_ids,

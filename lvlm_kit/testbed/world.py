@@ -1,0 +1,319 @@
+"""A procedural scene world with ground truth: shapes, colours, sizes, counts, relations.
+
+A :class:`Scene` places 1–3 object groups (one category, colour and size per group, 1–3
+instances each) in distinct cells of a 3×3 grid. Everything the testbed model is trained
+on and scored against derives from the scene: the rendered image, a detailed
+description, single-word VQA pairs, and AMBER-style truth/hallucination lists.
+
+Planted language priors (:class:`Prior`): when object A is in a training scene, B is added
+with probability ``p``. The trained model then tends to name B whenever it sees A, a
+hallucination with a known cause.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+from PIL import Image, ImageDraw
+
+GRID = 3  # the canvas is a GRID × GRID board of cells
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 40, 40),
+    "green": (40, 165, 60),
+    "blue": (45, 85, 220),
+    "yellow": (235, 205, 30),
+    "purple": (140, 60, 190),
+    "orange": (240, 135, 25),
+}
+SIZES: dict[str, float] = {"small": 0.55, "large": 0.95}  # fraction of the cell
+COUNT_WORDS = ("a", "two", "three")
+NUMBER_WORDS = ("one", "two", "three")
+PLURALS: dict[str, str] = {
+    "ball": "balls", "box": "boxes", "tent": "tents", "star": "stars", "heart": "hearts",
+    "moon": "moons", "tree": "trees", "house": "houses", "boat": "boats", "fish": "fish",
+    "kite": "kites", "flower": "flowers",
+}  # fmt: skip
+CATEGORIES: tuple[str, ...] = tuple(PLURALS)
+DESCRIBE_PROMPTS = ("describe this image.", "please describe this image in detail.")
+
+
+@dataclass(frozen=True)
+class Prior:
+    """Planted co-occurrence: B is added to a training scene holding A with probability p."""
+
+    a: str
+    b: str
+    p: float = 0.9
+
+
+DEFAULT_PRIORS: tuple[Prior, ...] = (Prior("boat", "fish"), Prior("tree", "house"))
+
+
+@dataclass
+class Group:
+    """Instances of one category sharing colour and size."""
+
+    category: str
+    colour: str
+    size: str
+    cells: list[int]  # grid cells (row-major, 0..8), one per instance
+
+    @property
+    def count(self) -> int:
+        """Number of instances."""
+        return len(self.cells)
+
+
+@dataclass
+class Scene:
+    """One image's ground truth."""
+
+    groups: list[Group]
+    background: int = 235  # grey level of the canvas
+    jitter: list[tuple[int, int]] = field(default_factory=list)  # per-instance pixel offsets
+
+    @property
+    def categories(self) -> list[str]:
+        """Categories present, in description order."""
+        return [g.category for g in self.groups]
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Scene:
+        """Inverse of :meth:`to_dict`."""
+        groups = [Group(**g) for g in d["groups"]]
+        return cls(groups, d["background"], [tuple(j) for j in d["jitter"]])
+
+
+# ---- sampling ----------------------------------------------------------------------------
+
+
+def sample_scene(
+    rng: random.Random,
+    priors: Sequence[Prior] = DEFAULT_PRIORS,
+    require: str | None = None,
+    forbid: Sequence[str] = (),
+) -> Scene:
+    """Draw a random scene.
+
+    Args:
+        rng: the random source (seeded by the caller).
+        priors: planted co-occurrences applied while sampling (pass ``()`` for none).
+        require: a category that must be present.
+        forbid: categories that must be absent (wins over priors).
+
+    Returns:
+        A scene with 1–3 groups and at most 5 instances.
+    """
+    allowed = [c for c in CATEGORIES if c not in forbid]
+    n_groups = rng.choices((1, 2, 3), weights=(3, 4, 3))[0]
+    cats = rng.sample([c for c in allowed if c != require], n_groups)
+    if require is not None:
+        cats[rng.randrange(n_groups)] = require
+    for prior in priors:
+        if prior.a in cats and prior.b not in cats and prior.b not in forbid:
+            if rng.random() < prior.p:
+                others = [i for i, c in enumerate(cats) if c != prior.a and c != require]
+                if len(cats) < 3:
+                    cats.append(prior.b)
+                elif others:
+                    cats[rng.choice(others)] = prior.b
+    counts = [1] * len(cats)
+    budget = 5 - len(cats)
+    for i in rng.sample(range(len(cats)), len(cats)):
+        extra = rng.choice((0, 0, 1, 2))
+        extra = min(extra, budget)
+        counts[i] += extra
+        budget -= extra
+    cells = rng.sample(range(GRID * GRID), sum(counts))
+    groups, k = [], 0
+    for cat, n in zip(cats, counts):
+        colour = rng.choice(list(COLOURS))
+        groups.append(Group(cat, colour, rng.choice(list(SIZES)), sorted(cells[k : k + n])))
+        k += n
+    groups.sort(key=lambda g: g.cells[0])  # reading order
+    jitter = [(rng.randint(-1, 1), rng.randint(-1, 1)) for _ in range(sum(counts))]
+    return Scene(groups, background=rng.randint(225, 245), jitter=jitter)
+
+
+# ---- rendering ---------------------------------------------------------------------------
+
+Box = tuple[float, float, float, float]
+
+
+def _star(d: ImageDraw.ImageDraw, b: Box, fill: tuple) -> None:
+    cx, cy, r = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2, (b[2] - b[0]) / 2
+    pts = []
+    for i in range(10):
+        rad = r if i % 2 == 0 else r * 0.45
+        ang = -math.pi / 2 + i * math.pi / 5
+        pts.append((cx + rad * math.cos(ang), cy + rad * math.sin(ang)))
+    d.polygon(pts, fill=fill)
+
+
+def _heart(d: ImageDraw.ImageDraw, b: Box, fill: tuple) -> None:
+    x0, y0, x1, y1 = b
+    w, h = x1 - x0, y1 - y0
+    d.ellipse((x0, y0, x0 + w / 2, y0 + h / 2), fill=fill)
+    d.ellipse((x0 + w / 2, y0, x1, y0 + h / 2), fill=fill)
+    d.polygon([(x0, y0 + h / 4), (x1, y0 + h / 4), ((x0 + x1) / 2, y1)], fill=fill)
+
+
+def _moon(d: ImageDraw.ImageDraw, b: Box, fill: tuple, bg: tuple) -> None:
+    x0, y0, x1, y1 = b
+    off = (x1 - x0) * 0.35
+    d.ellipse(b, fill=fill)
+    d.ellipse((x0 + off, y0 - off / 3, x1 + off, y1 - off / 3), fill=bg)
+
+
+def _tree(d: ImageDraw.ImageDraw, b: Box, fill: tuple) -> None:
+    x0, y0, x1, y1 = b
+    w, h = x1 - x0, y1 - y0
+    d.polygon([(x0, y0 + 0.7 * h), (x1, y0 + 0.7 * h), ((x0 + x1) / 2, y0)], fill=fill)
+    d.rectangle((x0 + 0.4 * w, y0 + 0.7 * h, x1 - 0.4 * w, y1), fill=fill)
+
+
+def _house(d: ImageDraw.ImageDraw, b: Box, fill: tuple) -> None:
+    x0, y0, x1, y1 = b
+    h = y1 - y0
+    d.polygon([(x0, y0 + 0.45 * h), (x1, y0 + 0.45 * h), ((x0 + x1) / 2, y0)], fill=fill)
+    d.rectangle((x0 + 0.12 * (x1 - x0), y0 + 0.45 * h, x1 - 0.12 * (x1 - x0), y1), fill=fill)
+
+
+def _boat(d: ImageDraw.ImageDraw, b: Box, fill: tuple) -> None:
+    x0, y0, x1, y1 = b
+    w, h = x1 - x0, y1 - y0
+    d.polygon([(x0, y0 + 0.6 * h), (x1, y0 + 0.6 * h), (x1 - 0.2 * w, y1), (x0 + 0.2 * w, y1)],
+              fill=fill)  # fmt: skip
+    d.polygon([(x0 + 0.5 * w, y0), (x0 + 0.5 * w, y0 + 0.55 * h), (x0 + 0.15 * w, y0 + 0.55 * h)],
+              fill=fill)  # fmt: skip
+
+
+def _fish(d: ImageDraw.ImageDraw, b: Box, fill: tuple) -> None:
+    x0, y0, x1, y1 = b
+    w, h = x1 - x0, y1 - y0
+    d.ellipse((x0, y0 + 0.25 * h, x0 + 0.72 * w, y1 - 0.25 * h), fill=fill)
+    d.polygon([(x0 + 0.62 * w, y0 + 0.5 * h), (x1, y0 + 0.2 * h), (x1, y1 - 0.2 * h)], fill=fill)
+
+
+def _flower(d: ImageDraw.ImageDraw, b: Box, fill: tuple) -> None:
+    x0, y0, x1, y1 = b
+    cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 4
+    for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        d.ellipse((cx + dx * r - r, cy + dy * r - r, cx + dx * r + r, cy + dy * r + r), fill=fill)
+
+
+DRAW: dict[str, Callable] = {
+    "ball": lambda d, b, f, bg: d.ellipse(b, fill=f),
+    "box": lambda d, b, f, bg: d.rectangle(b, fill=f),
+    "tent": lambda d, b, f, bg: d.polygon(
+        [(b[0], b[3]), (b[2], b[3]), ((b[0] + b[2]) / 2, b[1])], fill=f
+    ),  # fmt: skip
+    "star": lambda d, b, f, bg: _star(d, b, f),
+    "heart": lambda d, b, f, bg: _heart(d, b, f),
+    "moon": _moon,
+    "tree": lambda d, b, f, bg: _tree(d, b, f),
+    "house": lambda d, b, f, bg: _house(d, b, f),
+    "boat": lambda d, b, f, bg: _boat(d, b, f),
+    "fish": lambda d, b, f, bg: _fish(d, b, f),
+    "kite": lambda d, b, f, bg: d.polygon(
+        [
+            ((b[0] + b[2]) / 2, b[1]),
+            (b[2], (b[1] + b[3]) / 2),
+            ((b[0] + b[2]) / 2, b[3]),
+            (b[0], (b[1] + b[3]) / 2),
+        ],
+        fill=f,
+    ),  # fmt: skip
+    "flower": lambda d, b, f, bg: _flower(d, b, f),
+}
+
+
+def render(scene: Scene, size: int = 48) -> Image.Image:
+    """Draw ``scene`` on a ``size`` × ``size`` RGB canvas."""
+    bg = (scene.background,) * 3
+    im = Image.new("RGB", (size, size), bg)
+    draw = ImageDraw.Draw(im)
+    cell = size / GRID
+    k = 0
+    for g in scene.groups:
+        extent = cell * SIZES[g.size]
+        for c in g.cells:
+            jx, jy = scene.jitter[k] if k < len(scene.jitter) else (0, 0)
+            k += 1
+            r, col = divmod(c, GRID)
+            cx, cy = (col + 0.5) * cell + jx, (r + 0.5) * cell + jy
+            box = (cx - extent / 2, cy - extent / 2, cx + extent / 2, cy + extent / 2)
+            DRAW[g.category](draw, box, COLOURS[g.colour], bg)
+    return im
+
+
+# ---- text from the truth -----------------------------------------------------------------
+
+
+def noun_phrase(g: Group) -> str:
+    """E.g. "a small red boat", "two large blue balls"."""
+    noun = g.category if g.count == 1 else PLURALS[g.category]
+    return f"{COUNT_WORDS[g.count - 1]} {g.size} {g.colour} {noun}"
+
+
+def relation(a: Group, b: Group) -> str | None:
+    """Relation sentence between two single-instance groups, or None if not clear-cut."""
+    (ra, ca), (rb, cb) = divmod(a.cells[0], GRID), divmod(b.cells[0], GRID)
+    if ra == rb:
+        left, right = (a, b) if ca < cb else (b, a)
+        return f"the {left.category} is left of the {right.category}."
+    if ca == cb:
+        top, bottom = (a, b) if ra < rb else (b, a)
+        return f"the {top.category} is above the {bottom.category}."
+    if abs(ra - rb) == 1 and abs(ca - cb) == 1:
+        return f"the {a.category} is next to the {b.category}."
+    return None
+
+
+def describe(scene: Scene) -> str:
+    """A detailed description: every group, then the relation of the first two singletons."""
+    phrases = [noun_phrase(g) for g in scene.groups]
+    verb = "is" if scene.groups[0].count == 1 else "are"
+    if len(phrases) == 1:
+        text = f"there {verb} {phrases[0]}."
+    else:
+        text = f"there {verb} {', '.join(phrases[:-1])} and {phrases[-1]}."
+    singles = [g for g in scene.groups if g.count == 1]
+    if len(singles) >= 2:
+        rel = relation(singles[0], singles[1])
+        if rel:
+            text += " " + rel
+    return text
+
+
+def vqa_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    """Single-word question/answer pairs answerable from the scene."""
+    pairs = []
+    colours = [g.colour for g in scene.groups]
+    for g in scene.groups:
+        pairs.append((f"what colour is the {g.category}?", g.colour))
+        pairs.append((f"what size is the {g.category}?", g.size))
+        pairs.append((f"how many {PLURALS[g.category]} are there?", NUMBER_WORDS[g.count - 1]))
+        if colours.count(g.colour) == 1:
+            pairs.append((f"what is the {g.colour} object?", g.category))
+        pairs.append((f"is there a {g.category} in this image?", "yes"))
+    absent = [c for c in CATEGORIES if c not in scene.categories]
+    for c in rng.sample(absent, min(len(scene.groups), len(absent))):
+        pairs.append((f"is there a {c} in this image?", "no"))
+    return pairs
+
+
+def vocabulary() -> list[str]:
+    """Every word the world's texts use (punctuation included), sorted."""
+    words = set(CATEGORIES) | set(PLURALS.values()) | set(COLOURS) | set(SIZES)
+    words |= set(COUNT_WORDS) | set(NUMBER_WORDS) | {"yes", "no", "object"}
+    words |= set("there is are and the left of above next to what colour size how many in "
+                 "this image please describe detail , . ?".split())  # fmt: skip
+    return sorted(words)
