@@ -27,6 +27,7 @@ from .divergence import entropy, js_divergence, js_divergence_dola
 from .inputs import ImageLike, prepare_inputs
 from .lens import Lens, NormPolicy, ResidualRecorder, check_norm_policy
 from .loading import LoadedModel
+from .skipping import skip_layers
 
 FORMAT = "lvlm_kit.trace/1"
 _META_KEY = "lvlm_kit.trace"
@@ -272,6 +273,7 @@ def trace(
     dola_compat: bool = False,
     chunk_mb: float = 256.0,
     watch: Sequence[int | str] = (),
+    skip: Sequence[int] = (),
 ) -> Trace:
     """Generate greedily once and reduce every layer's early-exit distribution per token.
 
@@ -287,6 +289,8 @@ def trace(
         chunk_mb: memory budget for the lens work arrays.
         watch: tokens (ids, or words whose first token is used) whose probability to track
             at every step and layer, e.g. the correct object of a hallucination.
+        skip: decoder layers (0..L-1) removed from the forward pass while generating
+            (:func:`~lvlm_kit.skipping.skip_layers`); their lens entries repeat their input.
 
     Returns:
         The :class:`Trace`.
@@ -299,7 +303,10 @@ def trace(
     inputs, prompt_text = prepare_inputs(loaded, image, prompt)
     lens = Lens(loaded.anatomy, lens_norm)
     watch_ids = _watch_ids(loaded.tokenizer, watch, lens.vocab_size) if watch else None
-    with ResidualRecorder(loaded.anatomy, device=lens.device) as rec:
+    with (
+        skip_layers(loaded.anatomy, skip) as skipped,
+        ResidualRecorder(loaded.anatomy, device=lens.device) as rec,
+    ):
         sequences = loaded.model.generate(
             **inputs, generation_config=greedy_config(loaded.model, max_new_tokens)
         )
@@ -336,6 +343,7 @@ def trace(
             "model_dtype": str(loaded.model.dtype),
             "n_layers": loaded.anatomy.n_layers,
             "vocab_size": lens.vocab_size,
+            "skipped_layers": skipped,
         },
         **reduced,
     )

@@ -12,6 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lvlm_kit import LoadedModel, resolve_anatomy
 from lvlm_kit.testbed.model import LlavaShape, build_model, build_processor
 from lvlm_kit.testbed.tokenizer import build_word_tokenizer
+from lvlm_kit.trace import Trace
 
 WORDS = (
     "a an the red blue green boat sun tree cat is are left right of above next to and , "
@@ -63,3 +64,23 @@ def tiny_llama() -> LoadedModel:
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
     return (np.random.RandomState(1).rand(40, 48, 3) * 255).astype(np.uint8)
+
+
+def fake_trace(text_tokens, token_prob, watch_ids=None, watch_probs=None, js=None):
+    """A Trace with hand-set arrays (for analyses that only read a Trace)."""
+    text, offsets = "", []
+    for t in text_tokens:  # "##x" continues the previous word (a subword piece)
+        piece = t[2:] if t.startswith("##") else t if not text or t in ".," else " " + t
+        offsets.append(len(text) + piece.startswith(" "))
+        text += piece
+    K, L1 = token_prob.shape
+    z = torch.zeros(K, L1)
+    return Trace(
+        model_name="fake", lens_norm="final_norm", prompt="", prompt_text="",
+        generated_text=text, tokens=list(text_tokens), vocab={},
+        token_ids=torch.arange(K), topk_ids=torch.zeros(K, L1, 1, dtype=torch.long),
+        topk_probs=z[..., None], token_prob=token_prob, token_rank=z.long(), entropy=z,
+        js=z[:, 1:] if js is None else js, prompt_ids=torch.zeros(1, dtype=torch.long),
+        image_positions=torch.zeros(1, dtype=torch.bool), offsets=offsets,
+        watch_ids=watch_ids, watch_probs=watch_probs,
+    )  # fmt: skip

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from conftest import fake_trace
 
 from lvlm_kit.hallucination import (
     analyse_response,
@@ -12,7 +13,6 @@ from lvlm_kit.hallucination import (
     score_discriminative,
     score_generative,
 )
-from lvlm_kit.trace import Trace
 
 RELATION = {
     "dog": ["puppy"], "cat": ["kitten"], "car": ["vehicle"], "tree": [],
@@ -126,25 +126,6 @@ def test_reader_errors(tmp_path):
         read_amber(root)
     with pytest.raises(ValueError, match="no generative annotation"):
         score_generative([{"id": 3, "response": "x"}], read_amber(write_amber(tmp_path / "c")))
-
-
-def fake_trace(text_tokens, token_prob, watch_ids=None, watch_probs=None):
-    text, offsets = "", []
-    for t in text_tokens:  # "##x" continues the previous word (a subword piece)
-        piece = t[2:] if t.startswith("##") else t if not text or t in ".," else " " + t
-        offsets.append(len(text) + piece.startswith(" "))
-        text += piece
-    K, L1 = token_prob.shape
-    z = torch.zeros(K, L1)
-    return Trace(
-        model_name="fake", lens_norm="final_norm", prompt="", prompt_text="",
-        generated_text=text, tokens=list(text_tokens), vocab={},
-        token_ids=torch.arange(K), topk_ids=torch.zeros(K, L1, 1, dtype=torch.long),
-        topk_probs=z[..., None], token_prob=token_prob, token_rank=z.long(), entropy=z,
-        js=z[:, 1:], prompt_ids=torch.zeros(1, dtype=torch.long),
-        image_positions=torch.zeros(1, dtype=torch.bool), offsets=offsets,
-        watch_ids=watch_ids, watch_probs=watch_probs,
-    )  # fmt: skip
 
 
 def test_label_tokens():

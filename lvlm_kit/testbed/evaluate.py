@@ -13,12 +13,8 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 
-import torch
-from tqdm.auto import tqdm
-
-from ..inputs import chat_prompt
+from ..applications import generate_texts
 from ..loading import LoadedModel
-from ..trace import greedy_config
 from .world import (
     CATEGORIES,
     COLOURS,
@@ -63,39 +59,6 @@ def parse_mentions(text: str) -> dict[str, dict[str, str | int | None]]:
             "count": count,
         }
     return found
-
-
-def generate_texts(
-    loaded: LoadedModel,
-    images: Sequence,
-    prompts: Sequence[str],
-    max_new_tokens: int,
-    batch_size: int = 50,
-    progress: bool = True,
-    desc: str = "generate",
-) -> list[str]:
-    """Greedy answers for (image, prompt) pairs, batched with left padding."""
-    proc, tok = loaded.processor, loaded.tokenizer
-    config = greedy_config(loaded.model, max_new_tokens)
-    old_side, tok.padding_side = tok.padding_side, "left"
-    out: list[str] = []
-    try:
-        for s in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress):
-            texts = [chat_prompt(loaded, p, True) for p in prompts[s : s + batch_size]]
-            batch = proc(
-                images=list(images[s : s + batch_size]),
-                text=texts,
-                return_tensors="pt",
-                padding=True,
-            )
-            batch = {k: v.to(loaded.input_device) for k, v in batch.items()}
-            with torch.inference_mode():
-                seq = loaded.model.generate(**batch, generation_config=config)
-            new = seq[:, batch["input_ids"].shape[1] :]
-            out += tok.batch_decode(new, skip_special_tokens=True)
-    finally:
-        tok.padding_side = old_side
-    return [t.strip() for t in out]
 
 
 def description_metrics(scenes: Sequence[Scene], texts: Sequence[str]) -> dict[str, float]:
@@ -157,8 +120,9 @@ def evaluate(
     scenes = [sample_scene(rng, priors) for _ in range(n_scenes)]
     images = [render(s) for s in scenes]
     texts = generate_texts(
-        loaded, images, [DESCRIBE_PROMPTS[0]] * n_scenes, 48, progress=progress, desc="describe"
-    )
+        loaded, images, [DESCRIBE_PROMPTS[0]] * n_scenes, 48, batch_size=50,
+        progress=progress, desc="describe",
+    )  # fmt: skip
     metrics: dict = {"n_scenes": n_scenes, "seed": seed, **description_metrics(scenes, texts)}
 
     questions, answers, q_images = [], [], []
@@ -167,7 +131,9 @@ def evaluate(
             questions.append(q)
             answers.append(a)
             q_images.append(image)
-    replies = generate_texts(loaded, q_images, questions, 3, progress=progress, desc="vqa")
+    replies = generate_texts(
+        loaded, q_images, questions, 3, batch_size=50, progress=progress, desc="vqa"
+    )
     by_type: dict[str, list[bool]] = defaultdict(list)
     for q, a, r in zip(questions, answers, replies):
         by_type[_question_type(q)].append(r.rstrip(".? ") == a)
@@ -181,7 +147,7 @@ def evaluate(
         probe = [sample_scene(rng, (), require=prior.a, forbid=[prior.b]) for _ in range(n_probe)]
         probe_texts = generate_texts(
             loaded, [render(s) for s in probe], [DESCRIBE_PROMPTS[0]] * n_probe, 48,
-            progress=progress, desc=f"probe {prior.a}->{prior.b}",
+            batch_size=50, progress=progress, desc=f"probe {prior.a}->{prior.b}",
         )  # fmt: skip
         named = [parse_mentions(t) for t in probe_texts]
         rate_b = sum(prior.b in m for m in named) / n_probe

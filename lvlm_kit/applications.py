@@ -1,0 +1,312 @@
+"""Applications of the stages (paper §6): compression by skipping, hallucination mitigation.
+
+Both run on any AMBER-layout dataset (real AMBER or the testbed's export) and are scored
+with :mod:`lvlm_kit.hallucination`:
+
+- :func:`compression_sweep`: skip the k most stable layers (lowest mean adjacent JS in the
+  stabilisation stage) for k = 0, 1, ...; report object precision (1 − CHAIR), object
+  recall (Cover), existence-question accuracy and generation speed.
+- :func:`compare_decoding`: plain greedy decoding vs skipping the mutation layers (skip2),
+  a DoLa-style layer contrast, and an anchor to the last pre-mutation layer, scored with
+  CHAIR / Cover / Hal / Cog.
+
+:class:`LayerContrast` is a ``LogitsProcessor`` that reads the residual stream of chosen
+layers during ``generate()`` and decodes it with the float32 lens:
+
+- ``mode="dola"`` (Chuang et al. 2023): per step choose the premature layer with the
+  largest JS to the final layer among ``layers``; score ``log p_L − log p_M``.
+- ``mode="anchor"``: score ``log p_L + alpha · log p_a`` for one layer ``a`` (DeCo-like),
+  favouring tokens already supported before the mutation layers.
+
+Both keep only plausible tokens: ``p_L ≥ relative_top · max p_L``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from .divergence import js_divergence
+from .hallucination import AmberData, score_discriminative, score_generative
+from .inputs import chat_prompt, load_image
+from .lens import Lens
+from .loading import LoadedModel
+from .skipping import skip_layers, skip_preset
+from .stages import Stages
+from .trace import greedy_config
+
+
+class LayerContrast(LogitsProcessor):
+    """Contrast the final layer with earlier layers while generating (see module docs).
+
+    Use as a context manager around ``generate(..., logits_processor=[self])``: hooks on
+    the chosen decoder outputs are active inside the ``with`` block only.
+
+    Args:
+        loaded: the model.
+        layers: lens layers (1..L-1) to read: DoLa's premature candidates, or the anchor.
+        mode: ``"dola"`` or ``"anchor"``.
+        alpha: weight of the anchor layer's log-probs (``"anchor"`` only).
+        relative_top: plausibility threshold relative to the top final probability.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        layers: Sequence[int],
+        mode: str = "dola",
+        alpha: float = 1.0,
+        relative_top: float = 0.1,
+    ) -> None:
+        if mode not in ("dola", "anchor"):
+            raise ValueError(f"mode={mode!r} is unknown; use 'dola' or 'anchor'.")
+        L = loaded.anatomy.n_layers
+        layers = sorted(set(layers))
+        if not layers or any(not 1 <= j < L for j in layers):
+            raise ValueError(f"layers must be lens layers in 1..{L - 1}, got {layers}.")
+        if mode == "anchor" and len(layers) != 1:
+            raise ValueError("mode='anchor' takes exactly one layer.")
+        self.anatomy, self.layers, self.mode = loaded.anatomy, layers, mode
+        self.alpha, self.relative_top = alpha, relative_top
+        self.lens = Lens(loaded.anatomy, "final_norm")
+        self._latest: dict[int, torch.Tensor] = {}
+        self._handles: list = []
+        self.chosen: list[int] = []  # DoLa: premature layer chosen at each step (batch row 0)
+
+    def __enter__(self) -> LayerContrast:
+        for j in self.layers:
+            layer = self.anatomy.layers[j - 1]  # decoder layer j-1 outputs lens layer j
+
+            def hook(module, args, output, j=j):
+                hidden = output[0] if isinstance(output, tuple) else output
+                self._latest[j] = hidden[:, -1].detach()
+
+            self._handles.append(layer.register_forward_hook(hook))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _layer_logp(self, j: int) -> torch.Tensor:
+        h = self.lens.norm(self._latest[j].to(self.lens.device, torch.float32))
+        return torch.log_softmax(h @ self.lens.weight.T, dim=-1)  # [B, V]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
+        """Rescore one step: ``scores`` ``[B, V]`` -> contrasted scores ``[B, V]``."""
+        if not self._handles:
+            raise RuntimeError("use LayerContrast inside a `with` block around generate().")
+        final = torch.log_softmax(scores.float(), dim=-1)
+        V = min(final.shape[-1], self.lens.vocab_size)
+        final = final[:, :V]
+        if self.mode == "dola":
+            cands = torch.stack([self._layer_logp(j)[:, :V] for j in self.layers])  # [C, B, V]
+            pick = js_divergence(final[None], cands).argmax(0)  # [B]
+            self.chosen.append(self.layers[int(pick[0])])
+            other = cands[pick, torch.arange(final.shape[0])]
+            out = final - other
+        else:
+            out = final + self.alpha * self._layer_logp(self.layers[0])[:, :V]
+        keep = final >= final.max(-1, keepdim=True).values + torch.log(
+            torch.tensor(self.relative_top)
+        )
+        out = out.masked_fill(~keep, float("-inf"))
+        full = torch.full_like(scores, float("-inf"), dtype=out.dtype)
+        full[:, :V] = out
+        return full
+
+
+def generate_texts(
+    loaded: LoadedModel,
+    images: Sequence,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int = 32,
+    skip: Sequence[int] = (),
+    contrast: LayerContrast | None = None,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy answers for (image, prompt) pairs, batched with left padding.
+
+    Args:
+        loaded: the model.
+        images: images (paths, PIL or arrays).
+        prompts: one instruction per image.
+        max_new_tokens: generation limit.
+        batch_size: items per ``generate()`` call.
+        skip: decoder layers to skip while generating.
+        contrast: a :class:`LayerContrast` to rescore every step.
+        progress: show a progress bar.
+        desc: the progress bar's label.
+
+    Returns:
+        The decoded answers (special tokens removed, stripped).
+    """
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts.")
+    proc, tok = loaded.processor, loaded.tokenizer
+    config = greedy_config(loaded.model, max_new_tokens)
+    old_side, tok.padding_side = tok.padding_side, "left"
+    processors = LogitsProcessorList([contrast] if contrast is not None else [])
+    out: list[str] = []
+    try:
+        with skip_layers(loaded.anatomy, skip):
+            for s in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress):
+                texts = [chat_prompt(loaded, p, True) for p in prompts[s : s + batch_size]]
+                pics = [load_image(im) for im in images[s : s + batch_size]]
+                batch = proc(images=pics, text=texts, return_tensors="pt", padding=True)
+                batch = {
+                    k: v.to(loaded.input_device, loaded.model.dtype)
+                    if v.is_floating_point()
+                    else v.to(loaded.input_device)
+                    for k, v in batch.items()
+                }
+                with torch.inference_mode():
+                    if contrast is not None:
+                        with contrast:
+                            seq = loaded.model.generate(
+                                **batch, generation_config=config, logits_processor=processors
+                            )
+                    else:
+                        seq = loaded.model.generate(**batch, generation_config=config)
+                out += tok.batch_decode(
+                    seq[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
+                )
+    finally:
+        tok.padding_side = old_side
+    return [t.strip() for t in out]
+
+
+def _answer(data: AmberData, queries: Sequence[dict], max_new_tokens: int, **kw) -> list[dict]:
+    texts = generate_texts(
+        kw.pop("loaded"), [data.image_path(q) for q in queries], [q["query"] for q in queries],
+        max_new_tokens, **kw,
+    )  # fmt: skip
+    return [{"id": q["id"], "response": t} for q, t in zip(queries, texts)]
+
+
+def stable_layers_by_js(stages: Stages) -> list[int]:
+    """Decoder layers of the stabilisation stage, most stable (lowest JS into them) first."""
+    end = stages.mutation_layers[0] if stages.mutation_layers else stages.n_layers
+    lens_layers = range(stages.critical_layer + 1, end)  # their input is already stable
+    ranked = sorted(lens_layers, key=lambda j: stages.js_curve[j - 1])
+    return [j - 1 for j in ranked]
+
+
+@dataclass
+class SweepPoint:
+    """Quality and speed with k stable layers skipped."""
+
+    k: int
+    skipped: list[int]  # decoder layers
+    object_precision: float  # 1 - CHAIR
+    object_recall: float  # Cover
+    chair: float
+    hal: float
+    existence_accuracy: float | None  # discriminative accuracy (None without questions)
+    tokens_per_second: float
+    speedup: float  # vs k = 0
+    ideal_speedup: float  # L / (L - k), decoder compute only
+
+
+def compression_sweep(
+    loaded: LoadedModel,
+    generative: AmberData,
+    stages: Stages,
+    ks: Sequence[int],
+    discriminative: AmberData | None = None,
+    max_new_tokens: int = 48,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> list[SweepPoint]:
+    """Quality and speed against the number of stable layers skipped.
+
+    Args:
+        loaded: the model.
+        generative: AMBER data with generative queries (descriptions).
+        stages: stages detected on this model.
+        ks: numbers of layers to skip (k = 0 is always measured first, as the reference).
+        discriminative: optional AMBER data with existence questions.
+        max_new_tokens: description length limit.
+        batch_size: items per ``generate()`` call.
+        progress: show progress bars.
+
+    Returns:
+        One :class:`SweepPoint` per k, ascending.
+    """
+    order = stable_layers_by_js(stages)
+    ks = sorted({0, *ks})
+    if ks[-1] > len(order):
+        raise ValueError(f"only {len(order)} stable layers can be skipped, asked for {ks[-1]}.")
+    L = loaded.anatomy.n_layers
+    points, base_speed = [], None
+    for k in ks:
+        skipped = sorted(order[:k])
+        start = time.perf_counter()
+        answers = _answer(
+            generative, generative.queries, max_new_tokens, loaded=loaded, skip=skipped,
+            batch_size=batch_size, progress=progress, desc=f"skip {k}",
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        n_tokens = sum(len(loaded.tokenizer(a["response"])["input_ids"]) for a in answers)
+        speed = n_tokens / seconds
+        base_speed = base_speed or speed
+        score = score_generative(answers, generative)
+        accuracy = None
+        if discriminative is not None:
+            replies = _answer(
+                discriminative, discriminative.queries, 3, loaded=loaded, skip=skipped,
+                batch_size=batch_size, progress=False,
+            )  # fmt: skip
+            accuracy = score_discriminative(replies, discriminative)["accuracy"]
+        points.append(SweepPoint(
+            k=k, skipped=skipped, object_precision=1 - score.chair, object_recall=score.cover,
+            chair=score.chair, hal=score.hal, existence_accuracy=accuracy,
+            tokens_per_second=speed, speedup=speed / base_speed, ideal_speedup=L / (L - k),
+        ))  # fmt: skip
+    return points
+
+
+def compare_decoding(
+    loaded: LoadedModel,
+    generative: AmberData,
+    stages: Stages,
+    max_new_tokens: int = 48,
+    batch_size: int = 32,
+    alpha: float = 1.0,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Hallucination metrics of plain decoding vs mutation-layer handling and DoLa.
+
+    Variants: ``plain``; ``skip2`` (mutation layers skipped); ``dola`` (premature layer
+    chosen among the rapid-evolution and stabilisation layers 1..m-1); ``anchor`` (final
+    log-probs plus ``alpha`` × those of the last pre-mutation layer m-1).
+
+    Returns:
+        ``{variant: {"chair", "cover", "hal", "cog", ..., "responses"}}``.
+    """
+    L = loaded.anatomy.n_layers
+    m = stages.mutation_layers[0] if stages.mutation_layers else L
+    variants: dict[str, dict] = {"plain": {}}
+    if stages.mutation_layers:
+        variants["skip2"] = {"skip": skip_preset(stages, "skip2")}
+    premature = list(range(1, min(m, L)))
+    variants["dola"] = {"contrast": LayerContrast(loaded, premature, "dola")}
+    variants["anchor"] = {"contrast": LayerContrast(loaded, [min(m, L) - 1], "anchor", alpha)}
+    results = {}
+    for name, kw in variants.items():
+        answers = _answer(
+            generative, generative.queries, max_new_tokens, loaded=loaded,
+            batch_size=batch_size, progress=progress, desc=name, **kw,
+        )  # fmt: skip
+        results[name] = {**score_generative(answers, generative).as_dict(), "responses": answers}
+        if "skip" in kw:
+            results[name]["skipped"] = kw["skip"]
+    return results

@@ -1,0 +1,165 @@
+"""Critical layer, mutation layers and the three stages, detected from Traces.
+
+Algorithm (all parameters in :class:`StageConfig`):
+
+1. **Critical layer c** (aggregate). Take the mean adjacent-layer JS curve over all
+   tokens, ``s_i = mean_t JSD(p_i, p_{i+1})`` for i = 0..L-1, work on ``log(s_i + eps)``
+   (JS spans orders of magnitude), and fit two constant segments: the split k minimising
+   the total squared error, with at least ``min_segment`` points per side. ``c = k``:
+   JS pairs before c belong to the shallow "rapid evolution" regime, from c on to the
+   stable regime. If the shallow mean is not larger than the deep mean there is no such
+   split and c is reported but flagged (``has_split = False``).
+2. **Per-token critical layer**: the first lens layer j at which the emitted token's
+   probability reaches ``rise_fraction`` of its last-layer probability.
+3. **Per-token mutations**: deep lens layers j > c where the step into j is abrupt:
+   ``JSD(p_{j-1}, p_j)`` is a robust outlier among that token's deep JS values
+   (``> median + spike_z · 1.4826 · MAD`` and ``> min_spike_js``), or the emitted token's
+   probability jumps by at least ``min_jump``.
+4. **Mutation layers** (aggregate): deep layers where at least ``min_share`` of the
+   tokens mutate. The stages are rapid evolution [0, c), stabilisation [c, m) and
+   mutation [m, L] with m the first mutation layer (no mutation stage if none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .trace import Trace
+
+
+@dataclass
+class StageConfig:
+    """Parameters of the stage detection."""
+
+    eps: float = 1e-6  # added to JS before the log in the change-point fit
+    min_segment: int = 2  # fewest JS points on each side of the critical split
+    rise_fraction: float = 0.5  # per-token critical layer: share of final probability reached
+    spike_z: float = 3.5  # robust z-score of a JS spike among a token's deep layers
+    min_spike_js: float = 0.02  # absolute floor (nats) for a JS spike
+    min_jump: float = 0.2  # emitted-token probability jump counted as a mutation
+    min_share: float = 0.1  # share of tokens mutating at a layer for an aggregate mutation
+
+
+@dataclass
+class Stages:
+    """Detected stages of one or more traces (lens layer indices 0..L)."""
+
+    n_layers: int  # L
+    critical_layer: int  # c: first layer of the stabilisation stage
+    has_split: bool  # shallow JS mean > deep JS mean at the split
+    mutation_layers: list[int]  # aggregate mutation layers (> c), ascending
+    js_curve: list[float]  # [L] mean adjacent JS over tokens
+    shallow_js: float  # mean JS of pairs before c
+    deep_js: float  # mean JS of pairs from c on
+    token_critical: list[int]  # [K] per-token critical layer
+    token_mutations: list[list[int]]  # [K] per-token mutation layers
+    mutation_share: list[float]  # [L+1] share of tokens mutating at each layer
+    config: StageConfig = field(default_factory=StageConfig)
+
+    def stage_of(self, layer: int) -> str:
+        """Name of the stage a lens layer belongs to ("rapid evolution", ...)."""
+        if layer < self.critical_layer:
+            return "rapid evolution"
+        if self.mutation_layers and layer >= self.mutation_layers[0]:
+            return "mutation"
+        return "stabilisation"
+
+    def summary(self) -> dict:
+        """JSON-ready headline numbers."""
+        return {
+            "n_layers": self.n_layers,
+            "critical_layer": self.critical_layer,
+            "has_split": self.has_split,
+            "mutation_layers": self.mutation_layers,
+            "shallow_js": self.shallow_js,
+            "deep_js": self.deep_js,
+            "median_token_critical": float(torch.tensor(self.token_critical).float().median()),
+            "tokens_with_mutation": sum(bool(m) for m in self.token_mutations)
+            / max(len(self.token_mutations), 1),
+        }
+
+
+def critical_split(curve: torch.Tensor, min_segment: int = 2, eps: float = 1e-6) -> int:
+    """Best two-segment split k of ``log(curve + eps)`` (k = first index of the 2nd segment).
+
+    Args:
+        curve: ``[n]`` non-negative values (n ≥ 2 · min_segment).
+        min_segment: minimum points per segment.
+        eps: log offset.
+
+    Returns:
+        The split index k in ``[min_segment, n - min_segment]``.
+    """
+    x = torch.log(curve.double() + eps)
+    n = x.shape[0]
+    if n < 2 * min_segment:
+        raise ValueError(f"need at least {2 * min_segment} JS values to split, got {n}.")
+    best, best_k = float("inf"), min_segment
+    for k in range(min_segment, n - min_segment + 1):
+        a, b = x[:k], x[k:]
+        sse = float(((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum())
+        if sse < best - 1e-12:
+            best, best_k = sse, k
+    return best_k
+
+
+def detect_stages(traces: Trace | Sequence[Trace], config: StageConfig | None = None) -> Stages:
+    """Detect the critical layer, mutation layers and stages.
+
+    Args:
+        traces: one Trace or several with the same number of layers (tokens are pooled).
+        config: detection parameters.
+
+    Returns:
+        The :class:`Stages`.
+    """
+    cfg = config or StageConfig()
+    traces = [traces] if isinstance(traces, Trace) else list(traces)
+    if not traces or any(t.n_tokens == 0 for t in traces):
+        raise ValueError("detect_stages needs at least one trace with generated tokens.")
+    if len({t.n_layers for t in traces}) != 1:
+        raise ValueError("all traces must come from models with the same number of layers.")
+    js = torch.cat([t.js for t in traces]).double()  # [K, L]
+    prob = torch.cat([t.token_prob for t in traces]).double()  # [K, L+1]
+    K, L = js.shape
+    curve = js.mean(0)
+    c = critical_split(curve, cfg.min_segment, cfg.eps)
+    shallow, deep = float(curve[:c].mean()), float(curve[c:].mean())
+
+    final = prob[:, -1:]
+    reached = prob >= cfg.rise_fraction * final
+    token_critical = [int(torch.nonzero(r)[0]) if r.any() else L for r in reached]
+
+    token_mutations: list[list[int]] = []
+    counts = torch.zeros(L + 1)
+    for t in range(K):
+        deep_js = js[t, c:]  # pairs (c -> c+1) ... (L-1 -> L): steps into layers c+1..L
+        med = deep_js.median()
+        mad = (deep_js - med).abs().median()
+        limit = max(float(med + cfg.spike_z * 1.4826 * mad), cfg.min_spike_js)
+        jumps = (prob[t, c + 1 :] - prob[t, c:-1]).abs()
+        layers = [
+            c + 1 + i
+            for i in range(deep_js.shape[0])
+            if float(deep_js[i]) > limit or float(jumps[i]) >= cfg.min_jump
+        ]
+        token_mutations.append(layers)
+        counts[layers] += 1
+    share = (counts / K).tolist()
+    mutation_layers = [j for j in range(c + 1, L + 1) if share[j] >= cfg.min_share]
+    return Stages(
+        n_layers=L,
+        critical_layer=c,
+        has_split=shallow > deep,
+        mutation_layers=mutation_layers,
+        js_curve=curve.tolist(),
+        shallow_js=shallow,
+        deep_js=deep,
+        token_critical=token_critical,
+        token_mutations=token_mutations,
+        mutation_share=share,
+        config=cfg,
+    )

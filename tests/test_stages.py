@@ -1,0 +1,75 @@
+import pytest
+import torch
+from conftest import fake_trace
+
+from lvlm_kit.stages import StageConfig, critical_split, detect_stages
+
+L = 12
+
+
+def synthetic(n_tokens=10, critical=8, mutation=11, mutating=(0, 1, 2, 3, 4), seed=0):
+    """JS high (~0.3) on pairs before `critical`, low (~0.005) after; tokens rise at
+    `critical`; tokens in `mutating` spike in JS and jump in probability into `mutation`."""
+    g = torch.Generator().manual_seed(seed)
+    js = torch.empty(n_tokens, L)
+    js[:, :critical] = 0.3 + 0.05 * torch.rand(n_tokens, critical, generator=g)
+    js[:, critical:] = 0.005 + 0.002 * torch.rand(n_tokens, L - critical, generator=g)
+    prob = torch.zeros(n_tokens, L + 1)
+    prob[:, critical:] = 0.9
+    for t in mutating:
+        js[t, mutation - 1] = 0.25
+        prob[t, critical:mutation] = 0.1
+        prob[t, mutation:] = 0.8
+    return fake_trace([f"w{i}" for i in range(n_tokens)], prob, js=js)
+
+
+def test_detects_known_change_points():
+    st = detect_stages(synthetic())
+    assert st.critical_layer == 8 and st.has_split
+    assert st.mutation_layers == [11]
+    assert st.token_mutations[:5] == [[11]] * 5 and st.token_mutations[5:] == [[]] * 5
+    # Mutating tokens sit at 0.1 < 0.5 * 0.8 until layer 11, the others reach 0.9 at 8.
+    assert st.token_critical == [11] * 5 + [8] * 5
+    assert st.shallow_js == pytest.approx(0.325, abs=0.02)
+    assert st.deep_js < 0.07
+    assert [st.stage_of(j) for j in (0, 7, 8, 10, 11, 12)] == [
+        "rapid evolution", "rapid evolution", "stabilisation", "stabilisation", "mutation",
+        "mutation",
+    ]  # fmt: skip
+    summary = st.summary()
+    assert summary["critical_layer"] == 8 and summary["tokens_with_mutation"] == 0.5
+
+
+def test_per_token_critical_layer_follows_the_rise():
+    tr = synthetic(n_tokens=2, mutating=())
+    tr.token_prob[1, 5:] = 0.9  # token 1 rises earlier
+    st = detect_stages(tr)
+    assert st.token_critical == [8, 5]
+
+
+def test_critical_layer_moves_with_the_split():
+    for c in (3, 6, 9):
+        assert detect_stages(synthetic(critical=c, mutation=11)).critical_layer == c
+
+
+def test_no_mutation_without_spikes_and_thresholds():
+    st = detect_stages(synthetic(mutating=()))
+    assert st.mutation_layers == [] and st.stage_of(12) == "stabilisation"
+    # Raising the share threshold above 50% removes the aggregate mutation layer.
+    assert detect_stages(synthetic(), StageConfig(min_share=0.6)).mutation_layers == []
+
+
+def test_pools_several_traces_and_checks_shapes():
+    st = detect_stages([synthetic(seed=0), synthetic(seed=1)])
+    assert len(st.token_critical) == 20 and st.mutation_layers == [11]
+    short = fake_trace(["a"], torch.zeros(1, 5))
+    with pytest.raises(ValueError, match="same number of layers"):
+        detect_stages([synthetic(), short])
+    with pytest.raises(ValueError, match="at least one trace"):
+        detect_stages([])
+
+
+def test_critical_split():
+    assert critical_split(torch.tensor([1.0, 1.0, 1.0, 0.01, 0.01, 0.01])) == 3
+    with pytest.raises(ValueError, match="at least 4"):
+        critical_split(torch.tensor([1.0, 0.1, 0.1]))
