@@ -21,15 +21,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m ruff check lvlm_kit tests
+	$(PY) -m ruff check lvlm_kit tests benchmarks
 	$(PY) -m pytest -q -n 2 tests
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests -m "not slow"
 
 lint: $(STAMP)
-	$(PY) -m ruff check lvlm_kit tests
-	$(PY) -m ruff format --check lvlm_kit tests
+	$(PY) -m ruff check lvlm_kit tests benchmarks
+	$(PY) -m ruff format --check lvlm_kit tests benchmarks
 
 reproduce: $(STAMP)
 	$(PY) -m lvlm_kit.reproduce --output outputs

@@ -1,0 +1,103 @@
+import math
+
+import pytest
+import torch
+
+from lvlm_kit import Lens, ResidualRecorder
+from lvlm_kit.applications import (
+    LayerContrast,
+    compare_decoding,
+    compression_sweep,
+    generate_texts,
+    stable_layers_by_js,
+)
+from lvlm_kit.divergence import js_divergence
+from lvlm_kit.hallucination import read_amber
+from lvlm_kit.inputs import prepare_inputs
+from lvlm_kit.stages import Stages
+from lvlm_kit.testbed.amber import export_amber
+
+PROMPT = "Describe the image."
+
+
+def one_step(loaded, image, contrast):
+    inputs, _ = prepare_inputs(loaded, image, PROMPT)
+    with contrast, ResidualRecorder(loaded.anatomy) as rec, torch.inference_mode():
+        logits = loaded.model(**inputs).logits[:, -1]
+        out = contrast(inputs["input_ids"], logits)
+    logp = Lens(loaded.anatomy).log_probs(rec.stacked())[0]  # [L+1, V]
+    return out[0], logp
+
+
+def test_dola_step_matches_manual(tiny_llava, image):
+    lc = LayerContrast(tiny_llava, [1, 2, 3], "dola", relative_top=0.1)
+    out, logp = one_step(tiny_llava, image, lc)
+    final = logp[-1]
+    j = max([1, 2, 3], key=lambda i: js_divergence(final, logp[i]).item())
+    assert lc.chosen == [j]
+    keep = final >= final.max() + math.log(0.1)
+    expected = (final - logp[j]).masked_fill(~keep, float("-inf"))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert int(keep.sum()) >= 1 and torch.isinf(out[~keep]).all()
+
+
+def test_anchor_step_matches_manual(tiny_llava, image):
+    lc = LayerContrast(tiny_llava, [2], "anchor", alpha=0.5, relative_top=0.05)
+    out, logp = one_step(tiny_llava, image, lc)
+    keep = logp[-1] >= logp[-1].max() + math.log(0.05)
+    expected = (logp[-1] + 0.5 * logp[2]).masked_fill(~keep, float("-inf"))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_layer_contrast_arguments(tiny_llava):
+    with pytest.raises(ValueError, match="mode='beam' is unknown"):
+        LayerContrast(tiny_llava, [1], "beam")
+    with pytest.raises(ValueError, match=r"lens layers in 1..3"):
+        LayerContrast(tiny_llava, [4], "dola")
+    with pytest.raises(ValueError, match="exactly one layer"):
+        LayerContrast(tiny_llava, [1, 2], "anchor")
+    with pytest.raises(RuntimeError, match="inside a `with` block"):
+        LayerContrast(tiny_llava, [1], "dola")(None, torch.zeros(1, 5))
+
+
+def test_batched_generation_matches_one_by_one(tiny_llava, image):
+    images = [image, image[::-1].copy(), image[:, ::-1].copy()]
+    prompts = [PROMPT, "what colour is the boat?", "how many cats are there?"]
+    batched = generate_texts(tiny_llava, images, prompts, 6, batch_size=3, progress=False)
+    single = [generate_texts(tiny_llava, [im], [p], 6, progress=False)[0]
+              for im, p in zip(images, prompts)]  # fmt: skip
+    assert batched == single
+    with pytest.raises(ValueError, match="3 images but 2 prompts"):
+        generate_texts(tiny_llava, images, prompts[:2], 6)
+
+
+def stages_4():
+    return Stages(
+        n_layers=4, critical_layer=1, has_split=True, mutation_layers=[4],
+        js_curve=[0.4, 0.02, 0.01, 0.2], shallow_js=0.4, deep_js=0.08, token_critical=[],
+        token_mutations=[], mutation_share=[0.0] * 5,
+    )  # fmt: skip
+
+
+def test_stable_layer_order():
+    # Stabilisation = lens layers 1..3; layers 2, 3 are candidates, 3 is the most stable.
+    assert stable_layers_by_js(stages_4()) == [2, 1]
+
+
+def test_sweep_and_comparison_on_an_amber_export(tiny_llava, tmp_path):
+    root = export_amber(tmp_path / "amber", n_images=4, seed=1)
+    gen, dis = read_amber(root), read_amber(root, "discriminative")
+    points = compression_sweep(tiny_llava, gen, stages_4(), [1, 2], dis, 8, progress=False)
+    assert [p.k for p in points] == [0, 1, 2]
+    assert [p.skipped for p in points] == [[], [2], [1, 2]]
+    assert points[0].speedup == 1.0 and points[2].ideal_speedup == 2.0
+    for p in points:
+        assert 0 <= p.object_precision <= 1 and 0 <= p.existence_accuracy <= 1
+        assert p.tokens_per_second > 0
+    with pytest.raises(ValueError, match="only 2 stable layers"):
+        compression_sweep(tiny_llava, gen, stages_4(), [3], progress=False)
+    results = compare_decoding(tiny_llava, gen, stages_4(), 8, progress=False)
+    assert list(results) == ["plain", "skip2", "dola", "anchor"]
+    assert results["skip2"]["skipped"] == [3]
+    assert results["plain"]["chair"] == pytest.approx(points[0].chair)
+    assert len(results["dola"]["responses"]) == 4

@@ -1,0 +1,96 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lvlm_kit import Trace
+from lvlm_kit.cli import dataset_items, main
+from lvlm_kit.testbed.amber import export_amber
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_llava, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model")
+    tiny_llava.model.save_pretrained(path)
+    tiny_llava.processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def amber(tmp_path_factory):
+    return export_amber(tmp_path_factory.mktemp("a") / "amber", n_images=6, seed=2)
+
+
+def cli(*args):
+    return [sys.executable, "-m", "lvlm_kit.cli", *map(str, args)]
+
+
+def test_trace_resume_and_evaluate(model_dir, amber, tmp_path, capsys):
+    store = tmp_path / "store"
+    args = ["trace", "--model", model_dir, "--data", amber, "--out", store, "--max-new-tokens", 4]
+    assert main(list(map(str, args))) == 0
+    files = sorted(p.name for p in store.iterdir())
+    assert files == [f"{i}.safetensors" for i in range(1, 7)]
+    stamp = (store / "1.safetensors").stat().st_mtime_ns
+    main(list(map(str, args)))  # everything done: nothing rewritten
+    assert (store / "1.safetensors").stat().st_mtime_ns == stamp
+    assert "wrote 0 traces" in capsys.readouterr().out
+    tr = Trace.load(store / "3.safetensors")
+    assert tr.meta["item_id"] == "3" and tr.prompt == "Describe this image." and tr.n_tokens == 4
+    assert main(["evaluate", "--store", str(store), "--data", str(amber)]) == 0
+    scores = json.loads((store / "scores_generative.json").read_text())
+    assert scores["n_responses"] == 6 and scores["n_missing"] == 0
+    assert 0 <= scores["chair"] <= 1
+
+
+def test_kill_9_then_resume(model_dir, amber, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / ".2.safetensors.abc123.tmp").write_bytes(b"half a file")  # a killed write
+    args = cli("trace", "--model", model_dir, "--data", amber, "--out", store,
+               "--max-new-tokens", 48)  # fmt: skip
+    proc = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(store.glob("*.safetensors")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name for p in store.glob("*.safetensors")}
+    assert 1 <= len(done_before) < 6
+    subprocess.run(args, env=ENV, check=True, capture_output=True)
+    assert sorted(p.name for p in store.iterdir()) == [f"{i}.safetensors" for i in range(1, 7)]
+    for p in store.iterdir():
+        assert Trace.load(p).n_tokens >= 1
+
+
+def test_accelerate_two_processes(model_dir, amber, tmp_path):
+    store = tmp_path / "store"
+    out = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "-m", "lvlm_kit.cli", "trace", "--model", str(model_dir), "--data", str(amber),
+         "--out", str(store), "--max-new-tokens", "3"],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "[0/2] wrote 3 traces" in out.stdout and "[1/2] wrote 3 traces" in out.stdout
+    assert len(list(store.glob("*.safetensors"))) == 6
+
+
+def test_image_folder_needs_a_prompt(tmp_path):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "b.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.jpg")
+    with pytest.raises(ValueError, match="needs a prompt: pass --prompt"):
+        dataset_items(tmp_path)
+    items = dataset_items(tmp_path, "Describe.")
+    assert [(i.id, i.image.name) for i in items] == [("a", "a.jpg"), ("b", "b.png")]
+    with pytest.raises(FileNotFoundError, match="dataset folder not found"):
+        dataset_items(tmp_path / "nope")
