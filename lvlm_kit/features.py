@@ -1,0 +1,119 @@
+"""Feature encodings across layers (paper §5): collect residual features, project to 2-D.
+
+Features come from Traces made with ``keep_hidden=True`` (``hidden`` is the residual
+stream ``[K, L+1, d]``; the paper uses layers 1..L). Projections scale with
+``MaxAbsScaler`` then run t-SNE (scikit-learn) or UMAP (umap-learn), seeded; defaults are
+the authors' t-SNE settings (perplexity 40, learning rate 200, 2000 iterations), with the
+perplexity capped below the number of points for small inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .trace import Trace
+
+METHODS: tuple[str, ...] = ("tsne", "umap")
+
+
+def token_features(trace: Trace, layers: Sequence[int] | None = None) -> torch.Tensor:
+    """Features of every generated token at each layer.
+
+    Args:
+        trace: a Trace made with ``keep_hidden=True``.
+        layers: lens layers to keep (default 1..L, as in the paper).
+
+    Returns:
+        ``[K, len(layers), d]`` float32.
+    """
+    if trace.hidden is None:
+        raise ValueError("this trace has no hidden states; re-run trace(..., keep_hidden=True).")
+    layers = list(range(1, trace.n_layers + 1)) if layers is None else list(layers)
+    return trace.hidden[:, layers].float()
+
+
+def answer_features(traces: Sequence[Trace], step: int = 0, layers: Sequence[int] | None = None):
+    """Features of one generated token (e.g. a single-word answer) across images.
+
+    Returns:
+        ``[N, len(layers), d]`` float32, one row per trace.
+    """
+    return torch.stack([token_features(t, layers)[step] for t in traces])
+
+
+def project(
+    features: torch.Tensor,
+    method: str = "tsne",
+    seed: int = 0,
+    perplexity: float = 40.0,
+    learning_rate: float = 200.0,
+    max_iter: int = 2000,
+    n_neighbors: int = 15,
+) -> pd.DataFrame:
+    """Project ``[items, layers, d]`` features to 2-D together.
+
+    Args:
+        features: ``[items, layers, d]`` (tokens or images × layers × width).
+        method: ``"tsne"`` or ``"umap"``.
+        seed: random seed.
+        perplexity: t-SNE perplexity (capped at ``(n - 1) / 3`` for small inputs).
+        learning_rate: t-SNE learning rate.
+        max_iter: t-SNE iterations.
+        n_neighbors: UMAP neighbours (capped at ``n - 1``).
+
+    Returns:
+        Frame with columns ``item``, ``layer`` (1-based position in the layer axis),
+        ``x``, ``y``: one row per (item, layer).
+    """
+    from sklearn.preprocessing import MaxAbsScaler
+
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is unknown; use one of {METHODS}.")
+    n_items, n_layers, d = features.shape
+    flat = MaxAbsScaler().fit_transform(features.reshape(-1, d).double().numpy())
+    n = flat.shape[0]
+    if n < 4:
+        raise ValueError(f"need at least 4 points to project, got {n}.")
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        xy = TSNE(
+            n_components=2, perplexity=min(perplexity, (n - 1) / 3), learning_rate=learning_rate,
+            max_iter=max_iter, init="pca", random_state=seed,
+        ).fit_transform(flat)  # fmt: skip
+    else:
+        import umap
+
+        xy = umap.UMAP(
+            n_neighbors=min(n_neighbors, n - 1), random_state=seed, n_jobs=1, init="random"
+        ).fit_transform(flat)
+    return pd.DataFrame({
+        "item": np.repeat(np.arange(n_items), n_layers),
+        "layer": np.tile(np.arange(1, n_layers + 1), n_items),
+        "x": xy[:, 0], "y": xy[:, 1],
+    })  # fmt: skip
+
+
+def spread_by_layer(coords: pd.DataFrame) -> pd.Series:
+    """Mean distance of the items to their centroid, per layer (small = clustered)."""
+
+    def spread(g: pd.DataFrame) -> float:
+        xy = g[["x", "y"]].to_numpy()
+        return float(np.linalg.norm(xy - xy.mean(0), axis=1).mean())
+
+    return coords.groupby("layer")[["x", "y"]].apply(spread)
+
+
+def path_linearity(coords: pd.DataFrame) -> pd.Series:
+    """Per item: straight-line distance first→last layer over the path length (1 = straight)."""
+
+    def ratio(g: pd.DataFrame) -> float:
+        xy = g.sort_values("layer")[["x", "y"]].to_numpy()
+        steps = np.linalg.norm(np.diff(xy, axis=0), axis=1).sum()
+        return float(np.linalg.norm(xy[-1] - xy[0]) / steps) if steps > 0 else 1.0
+
+    return coords.groupby("item")[["layer", "x", "y"]].apply(ratio)

@@ -1,0 +1,165 @@
+"""Seaborn figures of Traces, stages, projections and applications.
+
+Every function returns a ``matplotlib.figure.Figure``; :func:`save_figure` writes it as a
+PNG. Titles say which lens norm policy a figure used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from .stages import Stages
+from .trace import Trace
+
+STAGE_COLOURS = {"rapid evolution": "#f4a582", "stabilisation": "#92c5de", "mutation": "#ca0020"}
+
+
+def save_figure(fig: plt.Figure, output_dir: str | Path, name: str) -> Path:
+    """Save ``fig`` as ``<output_dir>/<name>.png`` (folders created) and return the path."""
+    path = Path(output_dir) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def _labels(trace: Trace, n: int) -> list[str]:
+    return [f"{i}:{t!r}" for i, t in enumerate(trace.tokens[:n])]
+
+
+def token_probability_heatmap(
+    trace: Trace, max_tokens: int = 24, stages: Stages | None = None
+) -> plt.Figure:
+    """Fig. 2: probability of each generated token (rows) at every layer (columns)."""
+    n = min(max_tokens, trace.n_tokens)
+    fig, ax = plt.subplots(figsize=(0.35 * (trace.n_layers + 1) + 2.5, 0.28 * n + 1.5))
+    sns.heatmap(
+        pd.DataFrame(trace.token_prob[:n].numpy(), index=_labels(trace, n)),
+        ax=ax, cmap="viridis", vmin=0, vmax=1, cbar_kws={"label": "p(token)"},
+    )  # fmt: skip
+    if stages is not None:
+        ax.axvline(stages.critical_layer + 0.5, color="w", ls="--", lw=1.5)
+        for m in stages.mutation_layers:
+            ax.axvline(m + 0.5, color="r", ls=":", lw=1.5)
+    ax.set(xlabel="layer", ylabel="generated token",
+           title=f"Token probability by layer (lens: {trace.lens_norm})")  # fmt: skip
+    return fig
+
+
+def js_heatmap(trace: Trace, max_tokens: int = 24) -> plt.Figure:
+    """Fig. 4: JS divergence between adjacent layers for each generated token."""
+    n = min(max_tokens, trace.n_tokens)
+    cols = [f"{j}→{j + 1}" for j in range(trace.n_layers)]
+    fig, ax = plt.subplots(figsize=(0.4 * trace.n_layers + 2.5, 0.28 * n + 1.5))
+    sns.heatmap(
+        pd.DataFrame(trace.js[:n].numpy(), index=_labels(trace, n), columns=cols),
+        ax=ax, cmap="magma", vmin=0, vmax=np.log(2), cbar_kws={"label": "JSD (nats)"},
+    )  # fmt: skip
+    ax.set(xlabel="adjacent layers", ylabel="generated token",
+           title=f"JS divergence of adjacent layers (lens: {trace.lens_norm})")  # fmt: skip
+    return fig
+
+
+def js_curve(stages: Stages, curves: dict[str, Sequence[float]] | None = None) -> plt.Figure:
+    """Mean adjacent-layer JS with the three stages shaded (and optional extra curves)."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    L = stages.n_layers
+    end = stages.mutation_layers[0] if stages.mutation_layers else L + 1
+    for (a, b), name in (((0, stages.critical_layer), "rapid evolution"),
+                         ((stages.critical_layer, end), "stabilisation"),
+                         ((end, L + 1), "mutation")):  # fmt: skip
+        if b > a:
+            ax.axvspan(a - 0.5, b - 0.5, color=STAGE_COLOURS[name], alpha=0.35, label=name)
+    x = np.arange(1, L + 1)  # JS(p_{j-1}, p_j) is drawn at layer j
+    ax.plot(x, stages.js_curve, "k-o", ms=3, label="mean JS (all tokens)")
+    for name, values in (curves or {}).items():
+        ax.plot(x, values, "-", marker=".", label=name)
+    ax.set_yscale("log")
+    ax.set(
+        xlabel="layer j  (JS between j-1 and j)",
+        ylabel="JSD (nats)",
+        title=f"critical layer {stages.critical_layer}, mutation {stages.mutation_layers}",
+    )
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def candidate_trajectories(
+    trace: Trace, step: int, token_ids: Sequence[int] | None = None, labels: dict | None = None
+) -> plt.Figure:
+    """Fig. 3: probability across layers of the emitted token and competing candidates.
+
+    Candidates default to the emitted token, every watched id, and the top-1 tokens of the
+    deep half of the layers. Full curves exist for the emitted and watched tokens; others
+    are read from the top-k lists and drawn as 0 where they fall outside the top-k.
+    """
+    L1 = trace.n_layers + 1
+    if token_ids is None:
+        deep = trace.topk_ids[step, L1 // 2 :, 0].tolist()
+        watched = [] if trace.watch_ids is None else trace.watch_ids.tolist()
+        token_ids = list(dict.fromkeys([int(trace.token_ids[step]), *watched, *deep]))
+    rows = []
+    for tid in token_ids:
+        probs = _full_probs(trace, step, tid)
+        name = (labels or {}).get(tid, trace.vocab.get(tid, str(tid)))
+        rows += [{"layer": j, "p": float(p), "token": repr(name)} for j, p in enumerate(probs)]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    sns.lineplot(pd.DataFrame(rows), x="layer", y="p", hue="token", marker="o", ax=ax)
+    ax.set(title=f"token {step} {trace.tokens[step]!r}: candidates by layer ({trace.lens_norm})",
+           ylim=(0, 1.02))  # fmt: skip
+    return fig
+
+
+def _full_probs(trace: Trace, step: int, token_id: int) -> np.ndarray:
+    if int(trace.token_ids[step]) == token_id:
+        return trace.token_prob[step].numpy()
+    if trace.watch_ids is not None and token_id in trace.watch_ids.tolist():
+        return trace.watch_probs[step, :, trace.watch_ids.tolist().index(token_id)].numpy()
+    hit = trace.topk_ids[step] == token_id  # [L+1, k]
+    return (trace.topk_probs[step] * hit).sum(-1).numpy()
+
+
+def projection_plot(coords: pd.DataFrame, labels: Sequence[str] | None = None,
+                    title: str = "") -> plt.Figure:  # fmt: skip
+    """Figs. 6-7: 2-D projection coloured by layer, each item's layers joined in order."""
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    for item, g in coords.groupby("item"):
+        g = g.sort_values("layer")
+        ax.plot(g.x, g.y, "-", color="0.75", lw=0.6, zorder=1)
+        if labels is not None:
+            last = g.iloc[-1]
+            ax.annotate(labels[item], (last.x, last.y), fontsize=7)
+    points = ax.scatter(coords.x, coords.y, c=coords.layer, cmap="viridis", s=14, zorder=2)
+    fig.colorbar(points, ax=ax, label="layer")
+    ax.set(title=title, xticks=[], yticks=[])
+    return fig
+
+
+def sweep_plot(points: Sequence) -> plt.Figure:
+    """Compression sweep: quality and speed-up vs number of stable layers skipped."""
+    df = pd.DataFrame([p.__dict__ for p in points])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    cols = ["object_precision", "object_recall", "existence_accuracy"]
+    long = df.melt(id_vars="k", value_vars=[c for c in cols if df[c].notna().all()])
+    sns.lineplot(long, x="k", y="value", hue="variable", marker="o", ax=a)
+    a.set(xlabel="stable layers skipped", ylabel="score", ylim=(0, 1.02), title="quality")
+    b.plot(df.k, df.speedup, "o-", label="measured")
+    b.plot(df.k, df.ideal_speedup, "k--", label="ideal L/(L-k)")
+    b.set(xlabel="stable layers skipped", ylabel="speed-up", title="speed")
+    b.legend()
+    return fig
+
+
+def decoding_bars(results: dict[str, dict]) -> plt.Figure:
+    """Hallucination metrics per decoding variant (CHAIR, Hal lower is better)."""
+    rows = [{"variant": v, "metric": m, "value": r[m]} for v, r in results.items()
+            for m in ("chair", "hal", "cover")]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    sns.barplot(pd.DataFrame(rows), x="metric", y="value", hue="variant", ax=ax)
+    ax.set(ylim=(0, 1), title="hallucination metrics by decoding variant")
+    return fig

@@ -1,0 +1,91 @@
+"""ipywidgets explorer over a Trace: pick a token, see its top-k per layer and its trajectory.
+
+The logic lives in plain functions (:func:`topk_table`, :func:`token_summary`) that tests
+call directly; :class:`TraceExplorer` only wires them to widgets.
+"""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import display
+
+from .trace import Trace
+
+
+def topk_table(trace: Trace, step: int, k: int | None = None) -> pd.DataFrame:
+    """Top-k candidates of every layer for generated token ``step``.
+
+    Returns:
+        Frame indexed by layer 0..L with columns ``top1..topk`` holding ``"token (p)"``,
+        plus ``p(emitted)`` and ``rank(emitted)``.
+    """
+    if not 0 <= step < trace.n_tokens:
+        raise IndexError(f"token {step} is out of range 0..{trace.n_tokens - 1}.")
+    k = k or trace.topk_ids.shape[-1]
+    rows = []
+    for j in range(trace.n_layers + 1):
+        row = {
+            f"top{r + 1}": f"{trace.vocab[int(i)]!r} ({float(p):.3f})"
+            for r, (i, p) in enumerate(
+                zip(trace.topk_ids[step, j, :k], trace.topk_probs[step, j, :k])
+            )
+        }
+        row["p(emitted)"] = round(float(trace.token_prob[step, j]), 4)
+        row["rank(emitted)"] = int(trace.token_rank[step, j])
+        rows.append(row)
+    return pd.DataFrame(rows, index=pd.RangeIndex(trace.n_layers + 1, name="layer"))
+
+
+def token_summary(trace: Trace, step: int) -> str:
+    """One line on token ``step``: its text, final probability and the first layer at rank 0."""
+    top1 = (trace.token_rank[step] == 0).nonzero()
+    first = int(top1[0]) if len(top1) else None
+    return (
+        f"token {step}: {trace.tokens[step]!r} — p = {float(trace.token_prob[step, -1]):.3f} at "
+        f"the last layer; top-1 from layer {first}"
+    )
+
+
+def trajectory_figure(trace: Trace, step: int) -> plt.Figure:
+    """Probability of generated token ``step`` across layers 0..L."""
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.plot(trace.token_prob[step].numpy(), "o-")
+    ax.set(xlabel="layer", ylabel="p(emitted)", ylim=(0, 1.02),
+           title=f"{trace.tokens[step]!r} ({trace.lens_norm})")  # fmt: skip
+    return fig
+
+
+class TraceExplorer:
+    """Slider over generated tokens; shows the top-k table and the probability trajectory.
+
+    Args:
+        trace: the Trace to explore.
+        k: candidates per layer to show.
+
+    Example:
+        >>> TraceExplorer(tr).widget  # display in a notebook
+    """
+
+    def __init__(self, trace: Trace, k: int = 5) -> None:
+        self.trace, self.k = trace, k
+        self.slider = widgets.IntSlider(0, 0, trace.n_tokens - 1, description="token")
+        self.title = widgets.HTML()
+        self.table = widgets.HTML()
+        self.plot = widgets.Output()
+        self.slider.observe(lambda change: self.show(change["new"]), names="value")
+        self.widget = widgets.VBox([self.slider, self.title, self.plot, self.table])
+        self.show(0)
+
+    def show(self, step: int) -> None:
+        """Render token ``step`` (also called when the slider moves)."""
+        self.title.value = f"<b>{html.escape(token_summary(self.trace, step))}</b>"
+        self.table.value = topk_table(self.trace, step, self.k).to_html()
+        self.figure = trajectory_figure(self.trace, step)
+        plt.close(self.figure)  # shown through the Output widget only
+        self.plot.clear_output(wait=True)
+        with self.plot:
+            display(self.figure)

@@ -1,0 +1,94 @@
+import dataclasses
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from lvlm_kit import plots, trace
+from lvlm_kit.features import (
+    answer_features,
+    path_linearity,
+    project,
+    spread_by_layer,
+    token_features,
+)
+from lvlm_kit.stages import detect_stages
+from lvlm_kit.widgets import TraceExplorer, token_summary, topk_table
+
+
+@pytest.fixture(scope="module")
+def tr(tiny_llava, image):
+    return trace(tiny_llava, image, "Describe the image.", 8, keep_hidden=True)
+
+
+def test_features_and_projection(tr):
+    f = token_features(tr)
+    assert f.shape == (8, 4, 64)
+    assert torch.equal(f[:, 0], tr.hidden[:, 1].float())
+    for method in ("tsne", "umap"):
+        coords = project(f, method, seed=0, max_iter=250)
+        assert len(coords) == 32 and set(coords.layer) == {1, 2, 3, 4}
+        again = project(f, method, seed=0, max_iter=250)
+        np.testing.assert_allclose(coords[["x", "y"]], again[["x", "y"]])
+    assert answer_features([tr, tr], step=2).shape == (2, 4, 64)
+    with pytest.raises(ValueError, match="keep_hidden=True"):
+        token_features(dataclasses.replace(tr, hidden=None))
+    with pytest.raises(ValueError, match="method='pca' is unknown"):
+        project(f, "pca")
+
+
+def test_spread_and_linearity():
+    import pandas as pd
+
+    # Two items: both at the origin at layer 1, apart at layer 2; item 0 moves straight.
+    coords = pd.DataFrame({"item": [0, 0, 0, 1, 1, 1], "layer": [1, 2, 3] * 2,
+                           "x": [0, 1, 2, 0, 1, 0], "y": [0, 0, 0, 0, 1, 2]})  # fmt: skip
+    spread = spread_by_layer(coords)
+    assert (
+        spread[1] == 0
+        and spread[2] == pytest.approx(0.5)
+        and spread[3] == pytest.approx(np.sqrt(8) / 2)
+    )
+    lin = path_linearity(coords)
+    assert lin[0] == pytest.approx(1.0) and lin[1] == pytest.approx(2 / (2 * np.sqrt(2)))
+
+
+def test_plots_write_pngs(tr, tmp_path):
+    st = detect_stages(tr)
+    figs = {
+        "probs": plots.token_probability_heatmap(tr, stages=st),
+        "js": plots.js_heatmap(tr),
+        "curve": plots.js_curve(st, {"other": st.js_curve}),
+        "cands": plots.candidate_trajectories(tr, 1),
+        "proj": plots.projection_plot(project(token_features(tr), max_iter=250), tr.tokens),
+    }
+    for name, fig in figs.items():
+        path = plots.save_figure(fig, tmp_path / "figs", name)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "final_norm" in figs["probs"].axes[0].get_title()
+
+
+def test_topk_table_and_summary(tr):
+    table = topk_table(tr, 3, k=3)
+    assert list(table.columns) == ["top1", "top2", "top3", "p(emitted)", "rank(emitted)"]
+    assert len(table) == tr.n_layers + 1
+    assert table["rank(emitted)"].iloc[-1] == 0
+    assert table["top1"].iloc[-1].startswith(repr(tr.tokens[3]))
+    assert table["p(emitted)"].iloc[-1] == round(float(tr.token_prob[3, -1]), 4)
+    assert token_summary(tr, 3).startswith(f"token 3: {tr.tokens[3]!r}")
+    with pytest.raises(IndexError, match="out of range 0..7"):
+        topk_table(tr, 8)
+
+
+def test_explorer_follows_the_slider(tr):
+    ex = TraceExplorer(tr, k=3)
+    assert "token 0:" in ex.title.value
+    ex.slider.value = 5
+    assert "token 5:" in ex.title.value
+    assert ex.table.value == topk_table(tr, 5, 3).to_html()
+    assert ex.slider.max == 7
+    drawn = ex.figure.axes[0].lines[0].get_ydata()
+    np.testing.assert_allclose(drawn, tr.token_prob[5].numpy())
