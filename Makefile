@@ -9,7 +9,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: env test unit lint reproduce clean
+.PHONY: env test unit lint reproduce notebooks clean
 
 env: $(STAMP)
 
@@ -21,18 +21,21 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m ruff check lvlm_kit tests benchmarks
+	$(PY) -m ruff check lvlm_kit tests benchmarks notebooks
 	$(PY) -m pytest -q -n 2 tests
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests -m "not slow"
 
 lint: $(STAMP)
-	$(PY) -m ruff check lvlm_kit tests benchmarks
+	$(PY) -m ruff check lvlm_kit tests benchmarks notebooks
 	$(PY) -m ruff format --check lvlm_kit tests benchmarks
 
 reproduce: $(STAMP)
 	$(PY) -m lvlm_kit.reproduce --output outputs
+
+notebooks: $(STAMP)
+	$(PY) notebooks/build.py
 
 clean:
 	rm -rf outputs .pytest_cache

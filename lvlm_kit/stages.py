@@ -163,3 +163,20 @@ def detect_stages(traces: Trace | Sequence[Trace], config: StageConfig | None = 
         mutation_share=share,
         config=cfg,
     )
+
+
+#: Function words: with punctuation, the paper's "easy" tokens (they settle after the
+#: critical layers); everything else alphabetic counts as content (nouns, verbs, attributes,
+#: and attribute/relation prepositions such as "above" or "behind").
+FUNCTION_WORDS = frozenset(
+    "a an the is are was were be been of in on at to for with and or but this that these "
+    "those there it its as by from into".split()
+)
+
+
+def token_kind(token: str) -> str:
+    """``"function"`` for punctuation, function words and special tokens, else ``"content"``."""
+    word = token.strip().lower()
+    if not word or not any(ch.isalpha() for ch in word) or word.startswith("<"):
+        return "function"
+    return "function" if word in FUNCTION_WORDS else "content"

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .world import CATEGORIES, DEFAULT_PRIORS, PLURALS, Prior, Scene, render, sample_scene
+from .world import CATEGORIES, DEFAULT_PRIORS, PLURALS, Prior, render, sample_scene
 
 
 def export_amber(
@@ -24,6 +24,7 @@ def export_amber(
     priors: tuple[Prior, ...] = DEFAULT_PRIORS,
     questions_per_image: int = 2,
     overwrite: bool = False,
+    probe: bool = False,
 ) -> Path:
     """Write ``n_images`` fresh scenes as an AMBER-layout folder at ``root``.
 
@@ -37,6 +38,9 @@ def export_amber(
         priors: planted priors applied while sampling (the training distribution).
         questions_per_image: existence questions per image (half present, half absent).
         overwrite: replace an existing folder.
+        probe: draw planted-prior probe scenes instead: each holds a prior's A but not its
+            B (priors taken in turn, none applied while sampling), where the trained model
+            tends to hallucinate B.
 
     Returns:
         ``root``.
@@ -47,7 +51,7 @@ def export_amber(
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
     try:
-        _write(tmp, n_images, seed, priors, questions_per_image)
+        _write(tmp, n_images, seed, priors, questions_per_image, probe)
         if root.exists():
             shutil.rmtree(root)
         tmp.rename(root)
@@ -57,11 +61,15 @@ def export_amber(
     return root
 
 
-def _write(root: Path, n: int, seed: int, priors, per_image: int) -> None:
+def _write(root: Path, n: int, seed: int, priors, per_image: int, probe: bool) -> None:
     rng = random.Random(seed)
     (root / "data" / "query").mkdir(parents=True)
     (root / "image").mkdir()
-    scenes: list[Scene] = [sample_scene(rng, priors) for _ in range(n)]
+    if probe:
+        pairs = [priors[i % len(priors)] for i in range(n)]
+        scenes = [sample_scene(rng, (), require=p.a, forbid=[p.b]) for p in pairs]
+    else:
+        scenes = [sample_scene(rng, priors) for _ in range(n)]
     generative, discriminative, annotations = [], [], []
     for i, scene in enumerate(scenes, start=1):
         name = f"AMBER_{i}.jpg"
