@@ -32,9 +32,8 @@ def _data_root(data: str, output_dir: str | Path, n_images: int, seed: int) -> s
         return data
     from .testbed.amber import export_amber
 
-    root = Path(output_dir) / data.replace("-", "_")
-    if not (root / "data" / "annotations.json").is_file():  # written once per folder
-        export_amber(root, n_images, seed, probe=data == "testbed-probe", overwrite=True)
+    root = Path(output_dir) / data.replace("-", "_")  # deterministic: rewritten every call
+    export_amber(root, n_images, seed, probe=data == "testbed-probe", overwrite=True)
     return str(root)
 
 

@@ -152,13 +152,16 @@ for q, tr, labels in tqdm(traced, desc="re-trace with rivals"):
             "rival": watched.vocab[rival], "trace": watched, "rival_id": rival,
             "overtake": overtake_layer(watched, i, int(watched.token_ids[i]), rival),
         })
-df = pd.DataFrame(events)
+df = pd.DataFrame(events, columns=["image", "step", "label", "object", "rival", "trace", "rival_id", "overtake"])
 df[["image", "step", "label", "object", "rival", "overtake"]].head(12)
 """),
         ("Fig. 3: a hallucinated token against its runner-up", """
 hallucinated = df[df.label == "hallucinated"]
-example = (hallucinated if len(hallucinated) else df).iloc[0]
-notebook.show(plots.candidate_trajectories(example.trace, example.step, [int(example.trace.token_ids[example.step]), example.rival_id]), OUTPUT_DIR, "fig3_trajectories")
+if len(df):
+    example = (hallucinated if len(hallucinated) else df).iloc[0]
+    notebook.show(plots.candidate_trajectories(example.trace, example.step, [int(example.trace.token_ids[example.step]), example.rival_id]), OUTPUT_DIR, "fig3_trajectories")
+else:
+    print("No object tokens were generated: nothing to plot.")
 summary = df.groupby("label").overtake.agg(["count", "mean", "median"])
 summary
 """),
