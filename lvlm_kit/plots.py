@@ -68,13 +68,14 @@ def js_heatmap(trace: Trace, max_tokens: int = 24) -> plt.Figure:
 def js_curve(stages: Stages, curves: dict[str, Sequence[float]] | None = None) -> plt.Figure:
     """Mean adjacent-layer JS with the three stages shaded (and optional extra curves)."""
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    L = stages.n_layers
-    end = stages.mutation_layers[0] if stages.mutation_layers else L + 1
-    for (a, b), name in (((0, stages.critical_layer), "rapid evolution"),
-                         ((stages.critical_layer, end), "stabilisation"),
-                         ((end, L + 1), "mutation")):  # fmt: skip
+    L, c = stages.n_layers, stages.critical_layer
+    m = stages.mutation_layers[0] if stages.mutation_layers else L + 1
+    # A point at x = j is the transition into layer j: transitions into 1..c are the rapid
+    # evolution, the transition into the first mutation layer m is its spike.
+    for (a, b), name in (((0.5, c + 0.5), "rapid evolution"), ((c + 0.5, m - 0.5), "stabilisation"),
+                         ((m - 0.5, L + 0.5), "mutation")):  # fmt: skip
         if b > a:
-            ax.axvspan(a - 0.5, b - 0.5, color=STAGE_COLOURS[name], alpha=0.35, label=name)
+            ax.axvspan(a, b, color=STAGE_COLOURS[name], alpha=0.35, label=name)
     x = np.arange(1, L + 1)  # JS(p_{j-1}, p_j) is drawn at layer j
     ax.plot(x, stages.js_curve, "k-o", ms=3, label="mean JS (all tokens)")
     for name, values in (curves or {}).items():

@@ -39,12 +39,12 @@ CI_SAMPLE = {"n_scenes": 24, "n_probe": 12}  # evaluate() sizes of the recorded 
 class TrainConfig:
     """Training settings."""
 
-    steps: int = 3000  # optimizer steps
+    steps: int = 6000  # optimizer steps
     batch_size: int = 32
     lr: float = 7e-4  # peak AdamW learning rate (1.5e-3 stalls at the image-blind loss)
     warmup: int = 100  # linear warm-up steps, then cosine decay to 5% of peak
     weight_decay: float = 0.01
-    describe_share: float = 0.5  # share of description examples (the rest is VQA)
+    describe_share: float = 0.4  # share of description examples (the rest is VQA)
     seed: int = 0
     threads: int = 2  # torch CPU threads
 
