@@ -61,11 +61,9 @@ def best_of(fn, repeat: int) -> float:
 def plain_generate(lm: LoadedModel, T: int, hidden_states: bool = True):
     inputs, _ = prepare_inputs(lm, picture(), PROMPT)
     cfg = greedy_config(lm.model, T)
+    cfg.output_hidden_states = cfg.return_dict_in_generate = hidden_states
     with torch.inference_mode():
-        return lm.model.generate(
-            **inputs, generation_config=cfg, output_hidden_states=hidden_states,
-            return_dict_in_generate=hidden_states,
-        )  # fmt: skip
+        return lm.model.generate(**inputs, generation_config=cfg)
 
 
 def naive_lens(lm: LoadedModel, T: int) -> torch.Tensor:
