@@ -8,6 +8,7 @@ by the processor's (or tokenizer's) chat template.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -93,8 +94,15 @@ def chat_prompt(loaded: LoadedModel, prompt: str, with_image: bool) -> str:
         raise ValueError("prompt must be a non-empty string, e.g. 'Describe this image.'")
     templater = loaded.processor
     if getattr(templater, "chat_template", None) is None:
+        if not loaded.is_vision:  # e.g. lmsys/vicuna-7b-v1.5 ships no template
+            warnings.warn(
+                f"{loaded.name} has no chat template; using Vicuna v1.1's 'USER: ... "
+                "ASSISTANT:' (LLaVA-1.5's language model format).",
+                stacklevel=2,
+            )
+            return f"USER: {prompt} ASSISTANT:"
         raise ValueError(
-            f"{loaded.name}: the processor/tokenizer has no chat template. Set "
+            f"{loaded.name}: the processor has no chat template. Set "
             "`loaded.processor.chat_template` to a Jinja template (see the model card)."
         )
     if loaded.is_vision:

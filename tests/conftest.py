@@ -61,6 +61,22 @@ def tiny_llama() -> LoadedModel:
     return make_tiny_llama()
 
 
+def save_loaded(loaded: LoadedModel, path):
+    loaded.model.save_pretrained(path)
+    loaded.processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def saved_llava(tiny_llava, tmp_path_factory):
+    return save_loaded(tiny_llava, tmp_path_factory.mktemp("tiny-llava"))
+
+
+@pytest.fixture(scope="module")
+def saved_llama(tiny_llama, tmp_path_factory):
+    return save_loaded(tiny_llama, tmp_path_factory.mktemp("tiny-llama"))
+
+
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
     return (np.random.RandomState(1).rand(40, 48, 3) * 255).astype(np.uint8)

@@ -17,14 +17,6 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_llava, tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    tiny_llava.model.save_pretrained(path)
-    tiny_llava.processor.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def amber(tmp_path_factory):
     return export_amber(tmp_path_factory.mktemp("a") / "amber", n_images=6, seed=2)
 
@@ -33,9 +25,9 @@ def cli(*args):
     return [sys.executable, "-m", "lvlm_kit.cli", *map(str, args)]
 
 
-def test_trace_resume_and_evaluate(model_dir, amber, tmp_path, capsys):
+def test_trace_resume_and_evaluate(saved_llava, amber, tmp_path, capsys):
     store = tmp_path / "store"
-    args = ["trace", "--model", model_dir, "--data", amber, "--out", store, "--max-new-tokens", 4]
+    args = ["trace", "--model", saved_llava, "--data", amber, "--out", store, "--max-new-tokens", 4]
     assert main(list(map(str, args))) == 0
     files = sorted(p.name for p in store.iterdir())
     assert files == [f"{i}.safetensors" for i in range(1, 7)]
@@ -51,11 +43,11 @@ def test_trace_resume_and_evaluate(model_dir, amber, tmp_path, capsys):
     assert 0 <= scores["chair"] <= 1
 
 
-def test_kill_9_then_resume(model_dir, amber, tmp_path):
+def test_kill_9_then_resume(saved_llava, amber, tmp_path):
     store = tmp_path / "store"
     store.mkdir()
     (store / ".2.safetensors.abc123.tmp").write_bytes(b"half a file")  # a killed write
-    args = cli("trace", "--model", model_dir, "--data", amber, "--out", store,
+    args = cli("trace", "--model", saved_llava, "--data", amber, "--out", store,
                "--max-new-tokens", 48)  # fmt: skip
     proc = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -71,12 +63,12 @@ def test_kill_9_then_resume(model_dir, amber, tmp_path):
         assert Trace.load(p).n_tokens >= 1
 
 
-def test_accelerate_two_processes(model_dir, amber, tmp_path):
+def test_accelerate_two_processes(saved_llava, amber, tmp_path):
     store = tmp_path / "store"
     out = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         "-m", "lvlm_kit.cli", "trace", "--model", str(model_dir), "--data", str(amber),
+         "-m", "lvlm_kit.cli", "trace", "--model", str(saved_llava), "--data", str(amber),
          "--out", str(store), "--max-new-tokens", "3"],
         env=ENV, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

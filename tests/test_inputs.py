@@ -53,12 +53,16 @@ def test_text_model_rejects_image(tiny_llama, image):
 
 
 def test_missing_chat_template():
-    from conftest import make_tiny_llama
+    from conftest import make_tiny_llama, make_tiny_llava
 
-    loaded = make_tiny_llama()
-    loaded.processor.chat_template = None
-    with pytest.raises(ValueError, match="no chat template"):
-        chat_prompt(loaded, "hi", with_image=False)
+    text = make_tiny_llama()
+    text.processor.chat_template = None  # like lmsys/vicuna-7b-v1.5
+    with pytest.warns(UserWarning, match="Vicuna v1.1"):
+        assert chat_prompt(text, "hi", with_image=False) == "USER: hi ASSISTANT:"
+    vision = make_tiny_llava()
+    vision.processor.chat_template = None
+    with pytest.raises(ValueError, match="the processor has no chat template"):
+        chat_prompt(vision, "hi", with_image=True)
 
 
 def test_image_inputs(tiny_llava, image):

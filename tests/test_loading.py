@@ -9,22 +9,6 @@ from lvlm_kit import loading as loading_mod
 from lvlm_kit.loading import check_quantization_runs, quantization_config
 
 
-@pytest.fixture(scope="module")
-def saved_llava(tiny_llava, tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llava")
-    tiny_llava.model.save_pretrained(path)
-    tiny_llava.processor.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def saved_llama(tiny_llama, tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_llama.model.save_pretrained(path)
-    tiny_llama.processor.save_pretrained(path)
-    return path
-
-
 def test_local_llava_round_trip(saved_llava, tiny_llava, image):
     loaded = load_model(saved_llava)
     assert loaded.is_vision and loaded.anatomy.n_layers == 4
