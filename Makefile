@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m ruff check lvlm_kit tests benchmarks notebooks
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --timeout=600 --durations=15 tests
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests -m "not slow"

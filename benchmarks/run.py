@@ -85,7 +85,9 @@ def peak_mb(kind: str, size: dict) -> float:
         f"(run.trace_once if {kind!r} == 'trace' else run.naive_lens)(lm, s['T']); "
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=900
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 

@@ -1,6 +1,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -57,23 +58,42 @@ def test_kill_9_then_resume(saved_llava, amber, tmp_path):
     proc.wait()
     done_before = {p.name for p in store.glob("*.safetensors")}
     assert 1 <= len(done_before) < 6
-    subprocess.run(args, env=ENV, check=True, capture_output=True)
+    subprocess.run(args, env=ENV, check=True, capture_output=True, timeout=300)
     assert sorted(p.name for p in store.iterdir()) == [f"{i}.safetensors" for i in range(1, 7)]
     for p in store.iterdir():
         assert Trace.load(p).n_tokens >= 1
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_accelerate_two_processes(saved_llava, amber, tmp_path):
     store = tmp_path / "store"
-    out = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         "-m", "lvlm_kit.cli", "trace", "--model", str(saved_llava), "--data", str(amber),
-         "--out", str(store), "--max-new-tokens", "3"],
-        env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "[0/2] wrote 3 traces" in out.stdout and "[1/2] wrote 3 traces" in out.stdout
+    args = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
+            "--main_process_port", str(free_port()),
+            "-m", "lvlm_kit.cli", "trace", "--model", str(saved_llava), "--data", str(amber),
+            "--out", str(store), "--max-new-tokens", "3"]  # fmt: skip
+    log = tmp_path / "log.txt"
+    # Workers are grandchildren: run in a session of their own and kill the whole group on
+    # timeout (subprocess.run's timeout kills only the launcher and then waits on the pipes
+    # the workers still hold). Gloo is pinned to loopback.
+    with log.open("w") as fh:
+        proc = subprocess.Popen(args, env={**ENV, "GLOO_SOCKET_IFNAME": "lo"}, stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        try:
+            rc = proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail("accelerate launch did not finish in 300 s:\n" + log.read_text()[-2000:])
+    out = log.read_text()
+    assert rc == 0, out[-2000:]
+    assert "[0/2] wrote 3 traces" in out and "[1/2] wrote 3 traces" in out
     assert len(list(store.glob("*.safetensors"))) == 6
 
 
