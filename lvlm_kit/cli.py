@@ -166,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("--store", required=True)
     e.add_argument("--data", required=True)
     e.add_argument("--queries", default="generative")
+    sub.add_parser("reproduce", help="run every notebook headless (as `make reproduce`)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["reproduce"]:  # its own options: --output DIR, -p NAME VALUE, --only
+        from .reproduce import main as reproduce
+
+        return reproduce(argv[1:])
     args = parser.parse_args(argv)
 
     if args.command == "evaluate":

@@ -106,3 +106,9 @@ def test_image_folder_needs_a_prompt(tmp_path):
     assert [(i.id, i.image.name) for i in items] == [("a", "a.jpg"), ("b", "b.png")]
     with pytest.raises(FileNotFoundError, match="dataset folder not found"):
         dataset_items(tmp_path / "nope")
+
+
+def test_reproduce_subcommand_names_an_unknown_notebook(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no notebook named"):
+        main(["reproduce", "--output", str(tmp_path), "--only", "99_nothing"])
+    assert not any(tmp_path.iterdir())  # nothing written
