@@ -8,13 +8,14 @@ import torch
 from lvlm_kit.hallucination import read_amber, score_discriminative, score_generative
 from lvlm_kit.testbed.amber import export_amber
 from lvlm_kit.testbed.evaluate import description_metrics, parse_mentions
-from lvlm_kit.testbed.model import LlavaShape
+from lvlm_kit.testbed.model import LlavaShape, shape_dict
 from lvlm_kit.testbed.train import (
+    SHAPE,
+    TESTBED_DIR,
     TrainConfig,
     build_tokenizer,
     collate,
     example,
-    example_balanced_loss,
     train,
 )
 from lvlm_kit.testbed.world import (
@@ -107,20 +108,10 @@ def test_collate_masks_the_prompt():
     assert labelled[-1].item() == tok.eos_token_id
 
 
-def test_example_balanced_loss_weights_examples_equally():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 6, 5)
-    labels = torch.tensor([[-100, 1, 2, 3, 4, 0], [-100, -100, -100, -100, 2, 1]])
-    ce = torch.nn.functional.cross_entropy
-    per_example = [ce(logits[b, :-1], labels[b, 1:], ignore_index=-100) for b in range(2)]
-    expected = (per_example[0] + per_example[1]) / 2
-    assert torch.allclose(example_balanced_loss(logits, labels), expected, atol=1e-6)
-    token_mean = ce(logits[:, :-1].reshape(-1, 5), labels[:, 1:].reshape(-1), ignore_index=-100)
-    assert not torch.allclose(token_mean, expected)  # 5 targets vs 2: weights differ
-    same = labels.clone()
-    same[1] = torch.tensor([-100, 3, 1, 0, 2, 4])  # equal target counts: the two agree
-    per_example = [ce(logits[b, :-1], same[b, 1:]) for b in range(2)]
-    assert torch.allclose(example_balanced_loss(logits, same), sum(per_example) / 2, atol=1e-6)
+def test_trainer_defaults_are_the_shipped_models_recipe():
+    shipped = json.loads((TESTBED_DIR / "training.json").read_text())
+    assert shipped["config"] == TrainConfig().__dict__
+    assert shipped["shape"] == shape_dict(SHAPE)
 
 
 def test_training_steps_reduce_the_loss():

@@ -2,8 +2,7 @@
 
 Builds the word tokenizer and processor, a LLaVA-architecture model (:data:`SHAPE`), and
 trains everything end to end (vision tower, projector, decoder) on freshly drawn scenes:
-40% detailed descriptions, 60% single-word VQA, with
-the loss averaged per example (:func:`example_balanced_loss`). Fixed seed, CPU-reproducible. Writes
+half detailed descriptions, half single-word VQA. Fixed seed, CPU-reproducible. Writes
 the model and processor with ``save_pretrained`` to ``data/testbed/model`` and its quality
 (:mod:`lvlm_kit.testbed.evaluate`) to ``data/testbed/metrics.json``.
 """
@@ -42,12 +41,12 @@ CI_SAMPLE = {"n_scenes": 24, "n_probe": 12}  # evaluate() sizes of the recorded 
 class TrainConfig:
     """Training settings."""
 
-    steps: int = 6000  # optimizer steps
+    steps: int = 3000  # optimizer steps
     batch_size: int = 32
     lr: float = 7e-4  # peak AdamW learning rate (1.5e-3 stalls at the image-blind loss)
     warmup: int = 100  # linear warm-up steps, then cosine decay to 5% of peak
     weight_decay: float = 0.01
-    describe_share: float = 0.4  # share of description examples (the rest is VQA)
+    describe_share: float = 0.5  # share of description examples (the rest is VQA)
     seed: int = 0
     threads: int = 2  # torch CPU threads
 
@@ -91,28 +90,6 @@ def collate(processor, examples) -> dict[str, torch.Tensor]:
     return dict(batch)
 
 
-def example_balanced_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy averaged per example, then over the batch.
-
-    A one-word VQA answer has 2 target tokens and a description about 20; the usual
-    token-mean would give VQA a tenth of the gradient. Averaging per example first gives
-    every example the same weight.
-
-    Args:
-        logits: ``(B, T, V)`` model logits.
-        labels: ``(B, T)`` target ids, ``-100`` where no loss is taken.
-
-    Returns:
-        The scalar loss.
-    """
-    targets = labels[:, 1:]
-    ce = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
-    )  # (B, T-1)
-    mask = (targets != -100).float()
-    return ((ce * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
-
-
 def train(
     config: TrainConfig, shape: LlavaShape = SHAPE, progress: bool = True
 ) -> tuple[torch.nn.Module, object, list[float]]:
@@ -138,8 +115,7 @@ def train(
         batch = collate(
             processor, [example(rng, config.describe_share) for _ in range(config.batch_size)]
         )
-        labels = batch.pop("labels")
-        loss = example_balanced_loss(model(**batch).logits, labels)
+        loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
