@@ -199,7 +199,7 @@ def reduce_steps(
     token_ids: torch.Tensor,
     top_k: int = 10,
     dola_compat: bool = False,
-    chunk_mb: float = 256.0,
+    chunk_mb: float = 64.0,
     watch_ids: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Decode residuals with the lens and reduce them per (step, layer), chunk by chunk.
@@ -271,7 +271,7 @@ def trace(
     top_k: int = 10,
     keep_hidden: bool = False,
     dola_compat: bool = False,
-    chunk_mb: float = 256.0,
+    chunk_mb: float = 64.0,
     watch: Sequence[int | str] = (),
     skip: Sequence[int] = (),
 ) -> Trace:
