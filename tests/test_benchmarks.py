@@ -23,7 +23,7 @@ def test_quick_benchmark_reports_all_ratios(monkeypatch, capsys):
     sys.modules.pop("run", None)
 
 
-def test_memory_probe_and_flops_ratio(monkeypatch):
+def test_memory_probe_and_macs_ratio(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import run
 
@@ -34,5 +34,5 @@ def test_memory_probe_and_flops_ratio(monkeypatch):
 
     assert 60 < run.peak_extra_mb(hold_64_mb) < 90  # freed on return, the peak is kept
     # generate: (10 + 2) * 1 * 12 * 4 * 4 + 2 * 4 * 100 = 3104; lens adds 2 * 2 * 4 * 100
-    assert run.flops_ratio(dict(V=100, L=1, d=4, T=2), 10) == (3104 + 1600) / 3104
+    assert run.macs_ratio(dict(V=100, L=1, d=4, T=2), 10) == (3104 + 1600) / 3104
     sys.modules.pop("run", None)

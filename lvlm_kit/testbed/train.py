@@ -161,7 +161,6 @@ def main(argv: list[str] | None = None) -> int:
                 for i in range(0, len(losses), 100)
             ],
         }
-        args.out.mkdir(parents=True, exist_ok=True)
         info_path.write_text(json.dumps(info, indent=2) + "\n")
     from ..loading import load_model
     from .evaluate import evaluate
