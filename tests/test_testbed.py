@@ -10,12 +10,16 @@ from lvlm_kit.testbed.amber import export_amber
 from lvlm_kit.testbed.evaluate import description_metrics, parse_mentions
 from lvlm_kit.testbed.model import LlavaShape, shape_dict
 from lvlm_kit.testbed.train import (
+    ALIGNED,
+    ALIGNED_SHAPE,
     SHAPE,
     TESTBED_DIR,
     TrainConfig,
+    align_vision,
     build_tokenizer,
     collate,
     example,
+    patch_labels,
     train,
 )
 from lvlm_kit.testbed.world import (
@@ -25,6 +29,7 @@ from lvlm_kit.testbed.world import (
     Prior,
     Scene,
     describe,
+    grounded_description,
     render,
     sample_scene,
     vqa_pairs,
@@ -114,10 +119,67 @@ def test_trainer_defaults_are_the_shipped_models_recipe():
     assert shipped["shape"] == shape_dict(SHAPE)
 
 
+FAST = {"vision_steps": 2, "vision_batch_size": 4}
+
+
 def test_training_steps_reduce_the_loss():
-    _, _, losses = train(TrainConfig(steps=10, batch_size=8, warmup=2, lr=3e-3), TINY,
-                         progress=False)  # fmt: skip
+    cfg = TrainConfig(steps=10, batch_size=8, warmup=2, lr=3e-3, **FAST)
+    _, _, losses = train(cfg, TINY, progress=False)
     assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:2])  # 4.16 -> 3.53 here
+
+
+def test_grounded_description_names_the_asked_object():
+    s = Scene([Group("boat", "red", "small", [0]), Group("ball", "blue", "large", [4, 8])])
+    rng = random.Random(0)
+    pairs = {grounded_description(s, rng) for _ in range(200)}
+    assert ("describe the boat.", "a small red boat.") in pairs
+    assert ("describe the ball.", "two large blue balls.") in pairs
+    absent = [a for q, a in pairs if a.startswith("there is no")]
+    assert absent and all(a == "there is no " + q.split()[-1] for q, a in pairs if a in absent)
+
+
+def test_patch_labels_follow_the_grid():
+    s = Scene([Group("boat", "red", "small", [0]), Group("ball", "blue", "large", [4, 8])])
+    one = patch_labels(s, 3)  # one token per cell
+    assert one[0].tolist() == [
+        CATEGORIES.index("boat") + 1,
+        0,
+        0,
+        0,
+        CATEGORIES.index("ball") + 1,
+        0,
+        0,
+        0,
+        CATEGORIES.index("ball") + 1,
+    ]
+    assert one[1, 0] == list(COLOURS).index("red") + 1 and one[2, 4] == 2  # "large"
+    four = patch_labels(s, 6)  # 2x2 tokens per cell
+    assert four[0].reshape(6, 6)[:2, :2].eq(one[0, 0]).all() and four[0].reshape(6, 6)[0, 2] == 0
+
+
+def test_vision_alignment_learns_the_patch_words():
+    from lvlm_kit.testbed.model import build_model, build_processor
+
+    tok = build_tokenizer()
+    model = build_model(TINY, tok, seed=0).train()
+    cfg = TrainConfig(vision_steps=30, vision_batch_size=16)
+    losses = align_vision(model, build_processor(TINY, tok), cfg, random.Random(0), False)
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+
+
+def test_aligned_recipe_mixes_tasks_and_freezes_vision():
+    assert ALIGNED_SHAPE.n_image_tokens == 9  # one image token per grid cell
+    rng = random.Random(0)
+    prompts = [example(rng, ALIGNED.describe_share, ALIGNED.ground_share)[1] for _ in range(400)]
+    ground = sum(p.startswith("describe the ") for p in prompts) / 400
+    describe_ = sum("this image" in p and p.split()[0] in ("describe", "please") for p in prompts)
+    assert ground == pytest.approx(0.2, abs=0.05) and describe_ / 400 == pytest.approx(
+        0.3, abs=0.05
+    )
+    model, _, _ = train(TrainConfig(steps=1, batch_size=4, warmup=1, **FAST), TINY, progress=False)
+    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
+    model, _, _ = train(TrainConfig(steps=1, batch_size=4, warmup=1), TINY, progress=False)
+    assert all(p.requires_grad for p in model.model.vision_tower.parameters())  # shipped recipe
 
 
 def test_amber_export_round_trip(tmp_path):
@@ -145,7 +207,7 @@ def test_amber_export_round_trip(tmp_path):
 
 
 def test_seeded_training_is_deterministic():
-    cfg = TrainConfig(steps=2, batch_size=4, warmup=1)
+    cfg = TrainConfig(steps=2, batch_size=4, warmup=1, **FAST)
     a = train(cfg, TINY, progress=False)[2]
     b = train(cfg, TINY, progress=False)[2]
     assert a == b and torch.get_num_threads() == cfg.threads

@@ -293,6 +293,21 @@ def describe(scene: Scene) -> str:
     return text
 
 
+def grounded_description(scene: Scene, rng: random.Random, absent: float = 0.25) -> tuple[str, str]:
+    """A "describe the <category>." prompt and its answer, e.g. "a small red boat.".
+
+    With probability ``absent`` the category is one the scene lacks and the answer is
+    "there is no <category>.". The answer names the asked object, so training on these
+    teaches the model to look an object up by its name (what VQA questions need).
+    """
+    absent_cats = [c for c in CATEGORIES if c not in scene.categories]
+    if absent_cats and rng.random() < absent:
+        c = rng.choice(absent_cats)
+        return f"describe the {c}.", f"there is no {c}."
+    g = rng.choice(scene.groups)
+    return f"describe the {g.category}.", noun_phrase(g) + "."
+
+
 def vqa_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
     """Single-word question/answer pairs answerable from the scene."""
     pairs = []
