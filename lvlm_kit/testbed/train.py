@@ -88,7 +88,11 @@ def build_tokenizer():
     return build_word_tokenizer(world_vocabulary())
 
 
-def example(rng: random.Random, describe_share: float = 0.3, ground_share: float = 0.2):
+def example(
+    rng: random.Random,
+    describe_share: float = TrainConfig.describe_share,
+    ground_share: float = TrainConfig.ground_share,
+):
     """One training example: ``(image, instruction, answer)``."""
     scene = sample_scene(rng)
     image = render(scene)
@@ -111,17 +115,14 @@ def patch_labels(scene: Scene, side: int) -> torch.Tensor:
     Returns:
         ``[3, side * side]`` long tensor, row-major like the image tokens.
     """
-    labels = torch.zeros(3, side * side, dtype=torch.long)
-    per = side // GRID
+    cells = torch.zeros(3, GRID, GRID, dtype=torch.long)
     for g in scene.groups:
         word = [CATEGORIES.index(g.category) + 1, list(COLOURS).index(g.colour) + 1,
                 list(SIZES).index(g.size) + 1]  # fmt: skip
         for cell in g.cells:
-            r, c = divmod(cell, GRID)
-            for dr in range(per):
-                for dc in range(per):
-                    labels[:, (r * per + dr) * side + c * per + dc] = torch.tensor(word)
-    return labels
+            cells[:, cell // GRID, cell % GRID] = torch.tensor(word)
+    per = side // GRID  # image tokens per cell side
+    return cells.repeat_interleave(per, 1).repeat_interleave(per, 2).flatten(1)
 
 
 def align_vision(
@@ -147,7 +148,7 @@ def align_vision(
     background = torch.nn.Parameter(torch.zeros(3))
     params = [*vision.parameters(), *projector.parameters(), embed, background]
     opt = torch.optim.AdamW(params, lr=config.vision_lr, weight_decay=0.0)
-    side = processor.image_processor.crop_size["height"] // model.config.vision_config.patch_size
+    side = model.config.vision_config.image_size // model.config.vision_config.patch_size
     losses: list[float] = []
     for _ in tqdm(range(config.vision_steps), desc="align vision", disable=not progress):
         scenes = [sample_scene(rng) for _ in range(config.vision_batch_size)]
