@@ -16,7 +16,10 @@ Algorithm (all parameters in :class:`StageConfig`):
    (``> median + spike_z · 1.4826 · MAD`` and ``> min_spike_js``), or the emitted token's
    probability jumps by at least ``min_jump``.
 4. **Mutation layers** (aggregate): deep layers where at least ``min_share`` of the
-   tokens mutate. The stages are rapid evolution [0, c), stabilisation [c, m) and
+   tokens mutate and where mutations concentrate: the share is also at least
+   ``min_concentration`` times the mean share over the deep layers. Nearly every token has
+   one largest deep step, so an even spread (about 1/(L - c) per layer) is no mutation
+   stage. The stages are rapid evolution [0, c), stabilisation [c, m) and
    mutation [m, L] with m the first mutation layer (no mutation stage if none).
 """
 
@@ -41,6 +44,7 @@ class StageConfig:
     min_spike_js: float = 0.02  # absolute floor (nats) for a JS spike
     min_jump: float = 0.2  # emitted-token probability jump counted as a mutation
     min_share: float = 0.1  # share of tokens mutating at a layer for an aggregate mutation
+    min_concentration: float = 1.5  # ... and that share over the mean deep-layer share
 
 
 @dataclass
@@ -149,7 +153,8 @@ def detect_stages(traces: Trace | Sequence[Trace], config: StageConfig | None = 
         token_mutations.append(layers)
         counts[layers] += 1
     share = (counts / K).tolist()
-    mutation_layers = [j for j in range(c + 1, L + 1) if share[j] >= cfg.min_share]
+    floor = max(cfg.min_share, cfg.min_concentration * sum(share[c + 1 :]) / (L - c))
+    mutation_layers = [j for j in range(c + 1, L + 1) if share[j] >= floor]
     return Stages(
         n_layers=L,
         critical_layer=c,

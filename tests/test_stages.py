@@ -59,6 +59,17 @@ def test_no_mutation_without_spikes_and_thresholds():
     assert detect_stages(synthetic(), StageConfig(min_share=0.6)).mutation_layers == []
 
 
+def test_evenly_spread_mutations_are_no_mutation_stage():
+    # Each token mutates once, at deep layers 9..12 in turn: 25% of tokens at every layer.
+    tr = synthetic(n_tokens=8, mutating=())
+    for t in range(8):
+        tr.js[t, 8 + t % 4] = 0.25
+    assert detect_stages(tr).mutation_layers == []
+    assert detect_stages(tr, StageConfig(min_concentration=0)).mutation_layers == [9, 10, 11, 12]
+    tr.js[:4, 10] = 0.25  # half of the tokens also mutate into layer 11: concentrated there
+    assert detect_stages(tr).mutation_layers == [11]
+
+
 def test_pools_several_traces_and_checks_shapes():
     st = detect_stages([synthetic(seed=0), synthetic(seed=1)])
     assert len(st.token_critical) == 20 and st.mutation_layers == [11]
