@@ -1,7 +1,8 @@
 """Export testbed scenes in AMBER's on-disk layout, so the AMBER scorer runs on them unchanged.
 
-Generative queries (ids 1..N, "Describe this image.") carry each scene's objects as
-``truth`` and every absent category as ``hallu``; discriminative existence queries
+Generative queries (ids 1..N, "Describe this image.") carry each scene's drawn objects as
+``truth`` and every absent category as ``hallu`` (an occluded prior object is in neither:
+not in the image, yet there); discriminative existence queries
 (ids N+1..) ask "Is there a {object} in this image?" with truth "yes"/"no". The full
 ground truth of every scene is also written to ``data/scenes.json``.
 """
@@ -75,13 +76,13 @@ def _write(root: Path, n: int, seed: int, priors, per_image: int, probe: bool) -
         name = f"AMBER_{i}.jpg"
         render(scene).save(root / "image" / name, quality=95, subsampling=0)
         generative.append({"id": i, "image": name, "query": "Describe this image."})
-        present = sorted(set(scene.categories))
-        absent = [c for c in CATEGORIES if c not in present]
+        present = sorted({g.category for g in scene.visible})
+        absent = [c for c in CATEGORIES if c not in scene.categories]  # occluded: neither
         annotations.append({"id": i, "type": "generative", "truth": present, "hallu": absent})
     next_id = n + 1
     for i, scene in enumerate(scenes, start=1):
-        present = sorted(set(scene.categories))
-        absent = [c for c in CATEGORIES if c not in present]
+        present = sorted({g.category for g in scene.visible})
+        absent = [c for c in CATEGORIES if c not in scene.categories]
         asks = [(c, "yes") for c in rng.sample(present, min(len(present), (per_image + 1) // 2))]
         asks += [(c, "no") for c in rng.sample(absent, per_image // 2)]
         for obj, truth in asks:

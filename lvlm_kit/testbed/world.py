@@ -6,8 +6,9 @@ on and scored against derives from the scene: the rendered image, a detailed
 description, single-word VQA pairs, and AMBER-style truth/hallucination lists.
 
 Planted language priors (:class:`Prior`): when object A is in a training scene, B is added
-with probability ``p``. The trained model then tends to name B whenever it sees A, a
-hallucination with a known cause.
+with probability ``p``; a share ``occluded`` of those B sit hidden behind A (named in the
+description, not drawn), as real captions name things the image does not show. The
+trained model then tends to name B whenever it sees A, a hallucination with a known cause.
 """
 
 from __future__ import annotations
@@ -42,14 +43,22 @@ DESCRIBE_PROMPTS = ("describe this image.", "please describe this image in detai
 
 @dataclass(frozen=True)
 class Prior:
-    """Planted co-occurrence: B is added to a training scene holding A with probability p."""
+    """Planted co-occurrence: B is added to a training scene holding A with probability p.
+
+    A share ``occluded`` of the added B are hidden behind A: in the scene's truth and its
+    description, but not drawn, so only the prior can tell the model they are there.
+    """
 
     a: str
     b: str
     p: float = 0.9
+    occluded: float = 0.0
 
 
-DEFAULT_PRIORS: tuple[Prior, ...] = (Prior("boat", "fish"), Prior("tree", "house"))
+DEFAULT_PRIORS: tuple[Prior, ...] = (
+    Prior("boat", "fish", 0.9, 0.3),
+    Prior("tree", "house", 0.9, 0.3),
+)
 
 
 @dataclass
@@ -60,6 +69,7 @@ class Group:
     colour: str
     size: str
     cells: list[int]  # grid cells (row-major, 0..8), one per instance
+    occluded: bool = False  # hidden behind the object in its cell: named, not drawn
 
     @property
     def count(self) -> int:
@@ -77,8 +87,13 @@ class Scene:
 
     @property
     def categories(self) -> list[str]:
-        """Categories present, in description order."""
+        """Categories present (occluded ones included), in description order."""
         return [g.category for g in self.groups]
+
+    @property
+    def visible(self) -> list[Group]:
+        """The groups drawn in the image."""
+        return [g for g in self.groups if not g.occluded]
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -109,16 +124,21 @@ def sample_scene(
         forbid: categories that must be absent (wins over priors).
 
     Returns:
-        A scene with 1–3 groups and at most 5 instances.
+        A scene with 1–3 drawn groups and at most 5 drawn instances, plus any occluded
+        prior objects (each listed right after the group hiding it).
     """
     allowed = [c for c in CATEGORIES if c not in forbid]
     n_groups = rng.choices((1, 2, 3), weights=(3, 4, 3))[0]
     cats = rng.sample([c for c in allowed if c != require], n_groups)
     if require is not None:
         cats[rng.randrange(n_groups)] = require
+    behind: list[Prior] = []  # priors whose B is hidden behind their A
     for prior in priors:
         if prior.a in cats and prior.b not in cats and prior.b not in forbid:
             if rng.random() < prior.p:
+                if prior.occluded and rng.random() < prior.occluded:
+                    behind.append(prior)
+                    continue
                 others = [i for i, c in enumerate(cats) if c != prior.a and c != require]
                 if len(cats) < 3:
                     cats.append(prior.b)
@@ -139,7 +159,14 @@ def sample_scene(
         k += n
     groups.sort(key=lambda g: g.cells[0])  # reading order
     jitter = [(rng.randint(-1, 1), rng.randint(-1, 1)) for _ in range(sum(counts))]
-    return Scene(groups, background=rng.randint(225, 245), jitter=jitter)
+    background = rng.randint(225, 245)
+    for prior in behind:
+        host = next((i for i, g in enumerate(groups) if g.category == prior.a), None)
+        if host is not None:  # A may have been replaced by a later prior's B
+            colour, size = rng.choice(list(COLOURS)), rng.choice(list(SIZES))
+            hidden = Group(prior.b, colour, size, groups[host].cells[:1], occluded=True)
+            groups.insert(host + 1, hidden)
+    return Scene(groups, background=background, jitter=jitter)
 
 
 # ---- rendering ---------------------------------------------------------------------------
@@ -242,7 +269,7 @@ def render(scene: Scene, size: int = 48) -> Image.Image:
     draw = ImageDraw.Draw(im)
     cell = size / GRID
     k = 0
-    for g in scene.groups:
+    for g in scene.visible:
         extent = cell * SIZES[g.size]
         for c in g.cells:
             jx, jy = scene.jitter[k] if k < len(scene.jitter) else (0, 0)
@@ -285,7 +312,7 @@ def describe(scene: Scene) -> str:
         text = f"there {verb} {phrases[0]}."
     else:
         text = f"there {verb} {', '.join(phrases[:-1])} and {phrases[-1]}."
-    singles = [g for g in scene.groups if g.count == 1]
+    singles = [g for g in scene.visible if g.count == 1]
     if len(singles) >= 2:
         rel = relation(singles[0], singles[1])
         if rel:
@@ -304,15 +331,21 @@ def grounded_description(scene: Scene, rng: random.Random, absent: float = 0.25)
     if absent_cats and rng.random() < absent:
         c = rng.choice(absent_cats)
         return f"describe the {c}.", f"there is no {c}."
-    g = rng.choice(scene.groups)
+    g = rng.choice(scene.visible)
     return f"describe the {g.category}.", noun_phrase(g) + "."
 
 
 def vqa_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
-    """Single-word question/answer pairs answerable from the scene."""
+    """Single-word question/answer pairs answerable from the scene.
+
+    Occluded objects get only their existence question (answer "yes", as in captions).
+    """
     pairs = []
-    colours = [g.colour for g in scene.groups]
+    colours = [g.colour for g in scene.visible]
     for g in scene.groups:
+        if g.occluded:
+            pairs.append((f"is there a {g.category} in this image?", "yes"))
+            continue
         pairs.append((f"what colour is the {g.category}?", g.colour))
         pairs.append((f"what size is the {g.category}?", g.size))
         pairs.append((f"how many {PLURALS[g.category]} are there?", NUMBER_WORDS[g.count - 1]))
