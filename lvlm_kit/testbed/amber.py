@@ -71,18 +71,19 @@ def _write(root: Path, n: int, seed: int, priors, per_image: int, probe: bool) -
         scenes = [sample_scene(rng, (), require=p.a, forbid=[p.b]) for p in pairs]
     else:
         scenes = [sample_scene(rng, priors) for _ in range(n)]
+    # Per scene: drawn categories, and those not there at all (an occluded one is neither).
+    truths = [
+        (sorted({g.category for g in s.visible}), [c for c in CATEGORIES if c not in s.categories])
+        for s in scenes
+    ]
     generative, discriminative, annotations = [], [], []
-    for i, scene in enumerate(scenes, start=1):
+    for i, (scene, (present, absent)) in enumerate(zip(scenes, truths), start=1):
         name = f"AMBER_{i}.jpg"
         render(scene).save(root / "image" / name, quality=95, subsampling=0)
         generative.append({"id": i, "image": name, "query": "Describe this image."})
-        present = sorted({g.category for g in scene.visible})
-        absent = [c for c in CATEGORIES if c not in scene.categories]  # occluded: neither
         annotations.append({"id": i, "type": "generative", "truth": present, "hallu": absent})
     next_id = n + 1
-    for i, scene in enumerate(scenes, start=1):
-        present = sorted({g.category for g in scene.visible})
-        absent = [c for c in CATEGORIES if c not in scene.categories]
+    for i, (present, absent) in enumerate(truths, start=1):
         asks = [(c, "yes") for c in rng.sample(present, min(len(present), (per_image + 1) // 2))]
         asks += [(c, "no") for c in rng.sample(absent, per_image // 2)]
         for obj, truth in asks:
