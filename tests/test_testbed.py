@@ -104,6 +104,10 @@ def test_occluded_prior_is_named_but_not_drawn(tmp_path):
         assert render(s).tobytes() == render(drawn).tobytes()
         qa = vqa_pairs(s, random.Random(0))
         assert [a for q, a in qa if " fish" in q] == ["yes"]  # existence only
+        seen = vqa_pairs(s, random.Random(0), hidden=False)  # evaluation: the image can't tell
+        assert seen == [(q, a) for q, a in qa if " fish" not in q]
+        m = description_metrics([s], [describe(s)])  # naming the hidden fish is a false positive
+        assert m["object_recall"] == 1.0 and m["object_precision"] < 1.0
         assert sum(g.count for g in s.visible) <= 5
         assert (patch_labels(s, 3) == patch_labels(drawn, 3)).all()
     half = (Prior("boat", "fish", 1.0, occluded=0.5),)

@@ -62,12 +62,16 @@ def parse_mentions(text: str) -> dict[str, dict[str, str | int | None]]:
 
 
 def description_metrics(scenes: Sequence[Scene], texts: Sequence[str]) -> dict[str, float]:
-    """Object precision/recall and attribute accuracies, pooled over scenes."""
+    """Object precision/recall and attribute accuracies, pooled over scenes.
+
+    The truth is what the image shows: naming an occluded object counts against precision,
+    as in the AMBER export.
+    """
     tp = n_pred = n_truth = 0
     attr_hits: dict[str, int] = defaultdict(int)
     for scene, text in zip(scenes, texts):
         mentions = parse_mentions(text)
-        truth = {g.category: g for g in scene.groups}
+        truth = {g.category: g for g in scene.visible}
         n_pred += len(mentions)
         n_truth += len(truth)
         for cat, m in mentions.items():
@@ -127,7 +131,7 @@ def evaluate(
 
     questions, answers, q_images = [], [], []
     for scene, image in zip(scenes, images):
-        for q, a in vqa_pairs(scene, rng):
+        for q, a in vqa_pairs(scene, rng, hidden=False):
             questions.append(q)
             answers.append(a)
             q_images.append(image)
@@ -164,7 +168,8 @@ def evaluate(
             "base_rate_other_absent": absent_hits / max(absent_total, 1),
         })  # fmt: skip
     metrics["examples"] = [
-        {"truth": s.categories, "description": t} for s, t in list(zip(scenes, texts))[:5]
+        {"truth": [g.category for g in s.visible], "description": t}
+        for s, t in list(zip(scenes, texts))[:5]
     ]
     return metrics
 

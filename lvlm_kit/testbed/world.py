@@ -335,16 +335,19 @@ def grounded_description(scene: Scene, rng: random.Random, absent: float = 0.25)
     return f"describe the {g.category}.", noun_phrase(g) + "."
 
 
-def vqa_pairs(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+def vqa_pairs(scene: Scene, rng: random.Random, hidden: bool = True) -> list[tuple[str, str]]:
     """Single-word question/answer pairs answerable from the scene.
 
-    Occluded objects get only their existence question (answer "yes", as in captions).
+    Occluded objects get only their existence question (answer "yes", as in captions), and
+    only with ``hidden`` (training); evaluation leaves them out, as the image cannot answer
+    it. Either way the same random draws are made.
     """
     pairs = []
     colours = [g.colour for g in scene.visible]
     for g in scene.groups:
         if g.occluded:
-            pairs.append((f"is there a {g.category} in this image?", "yes"))
+            if hidden:
+                pairs.append((f"is there a {g.category} in this image?", "yes"))
             continue
         pairs.append((f"what colour is the {g.category}?", g.colour))
         pairs.append((f"what size is the {g.category}?", g.size))
