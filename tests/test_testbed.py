@@ -100,7 +100,7 @@ def test_occluded_prior_is_named_but_not_drawn(tmp_path):
         assert fish.occluded and names[names.index("fish") - 1] == "boat"
         assert "fish" in parse_mentions(describe(s))
         assert "fish" not in [g.category for g in s.visible]
-        drawn = Scene([g for g in s.groups if not g.occluded], s.background, s.jitter)
+        drawn = Scene(s.visible, s.background, s.jitter)
         assert render(s).tobytes() == render(drawn).tobytes()
         qa = vqa_pairs(s, random.Random(0))
         assert [a for q, a in qa if " fish" in q] == ["yes"]  # existence only
