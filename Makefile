@@ -25,17 +25,19 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --timeout=600 --durations=15 tests
 
 unit: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests -m "not slow"
+	$(PY) -m pytest -q -n 2 --timeout=600 tests -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check lvlm_kit tests benchmarks notebooks
-	$(PY) -m ruff format --check lvlm_kit tests benchmarks
+	$(PY) -m ruff format --check lvlm_kit tests benchmarks notebooks
 
 reproduce: $(STAMP)
 	$(PY) -m lvlm_kit.reproduce --output outputs
 
+# The notebooks are paired with jupytext: edit either the .ipynb (Jupyter) or the .py twin,
+# then sync the other side.
 notebooks: $(STAMP)
-	$(PY) notebooks/build.py
+	$(VENV)/bin/jupytext --sync notebooks/[0-9][0-9]_*.ipynb
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 from lvlm_kit import LoadedModel, resolve_anatomy, trace
+from lvlm_kit.generation import greedy_config
 from lvlm_kit.inputs import prepare_inputs
-from lvlm_kit.lens import Lens, ResidualRecorder
-from lvlm_kit.skipping import skip_layers
+from lvlm_kit.lens import Lens
+from lvlm_kit.surgery import ResidualRecorder, skip_layers
 from lvlm_kit.testbed.model import LlavaShape, build_model, build_processor
 from lvlm_kit.testbed.tokenizer import build_word_tokenizer
-from lvlm_kit.trace import greedy_config
 
 PROMPT = "describe this image."
 

@@ -28,24 +28,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor
 
+from .data import AmberData
 from .divergence import js_divergence
-from .hallucination import AmberData, score_discriminative, score_generative
-from .inputs import chat_prompt, load_image
-from .lens import Lens
+from .generation import generate_texts
+from .hallucination import score_discriminative, score_generative
 from .loading import LoadedModel
-from .skipping import skip_layers, skip_preset
-from .stages import Stages
-from .trace import greedy_config
+from .stages import Stages, skip_preset
+from .surgery import LayerTap
 
 
 class LayerContrast(LogitsProcessor):
     """Contrast the final layer with earlier layers while generating (see module docs).
 
-    Use as a context manager around ``generate(..., logits_processor=[self])``: hooks on
-    the chosen decoder outputs are active inside the ``with`` block only.
+    Use as a context manager around ``generate(..., logits_processor=[self])``: the layer
+    taps are active inside the ``with`` block only.
 
     Args:
         loaded: the model.
@@ -71,36 +69,25 @@ class LayerContrast(LogitsProcessor):
             raise ValueError(f"layers must be lens layers in 1..{L - 1}, got {layers}.")
         if mode == "anchor" and len(layers) != 1:
             raise ValueError("mode='anchor' takes exactly one layer.")
-        self.anatomy, self.layers, self.mode = loaded.anatomy, layers, mode
+        self.layers, self.mode = layers, mode
         self.alpha, self.relative_top = alpha, relative_top
-        self.lens = Lens(loaded.anatomy, "final_norm")
-        self._latest: dict[int, torch.Tensor] = {}
-        self._handles: list = []
+        self.lens = loaded.lens("final_norm")
+        self.tap = LayerTap(loaded.anatomy, layers)
         self.chosen: list[int] = []  # DoLa: premature layer chosen at each step (batch row 0)
 
     def __enter__(self) -> LayerContrast:
-        for j in self.layers:
-            layer = self.anatomy.layers[j - 1]  # decoder layer j-1 outputs lens layer j
-
-            def hook(module, args, output, j=j):
-                hidden = output[0] if isinstance(output, tuple) else output
-                self._latest[j] = hidden[:, -1].detach()
-
-            self._handles.append(layer.register_forward_hook(hook))
+        self.tap.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        self.tap.__exit__(*exc)
 
     def _layer_logp(self, j: int) -> torch.Tensor:
-        h = self.lens.norm(self._latest[j].to(self.lens.device, torch.float32))
-        return torch.log_softmax(h @ self.lens.weight.T, dim=-1)  # [B, V]
+        return self.lens.log_probs(self.tap.latest[j], layer=j)  # [B, V]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
         """Rescore one step: ``scores`` ``[B, V]`` -> contrasted scores ``[B, V]``."""
-        if not self._handles:
+        if not self.tap.active:
             raise RuntimeError("use LayerContrast inside a `with` block around generate().")
         final = torch.log_softmax(scores.float(), dim=-1)
         V = min(final.shape[-1], self.lens.vocab_size)
@@ -122,68 +109,6 @@ class LayerContrast(LogitsProcessor):
         return full
 
 
-def generate_texts(
-    loaded: LoadedModel,
-    images: Sequence,
-    prompts: Sequence[str],
-    max_new_tokens: int,
-    batch_size: int = 32,
-    skip: Sequence[int] = (),
-    contrast: LayerContrast | None = None,
-    progress: bool = True,
-    desc: str = "generate",
-) -> list[str]:
-    """Greedy answers for (image, prompt) pairs, batched with left padding.
-
-    Args:
-        loaded: the model.
-        images: images (paths, PIL or arrays).
-        prompts: one instruction per image.
-        max_new_tokens: generation limit.
-        batch_size: items per ``generate()`` call.
-        skip: decoder layers to skip while generating.
-        contrast: a :class:`LayerContrast` to rescore every step.
-        progress: show a progress bar.
-        desc: the progress bar's label.
-
-    Returns:
-        The decoded answers (special tokens removed, stripped).
-    """
-    if len(images) != len(prompts):
-        raise ValueError(f"{len(images)} images but {len(prompts)} prompts.")
-    proc, tok = loaded.processor, loaded.tokenizer
-    config = greedy_config(loaded.model, max_new_tokens)
-    old_side, tok.padding_side = tok.padding_side, "left"
-    processors = LogitsProcessorList([contrast] if contrast is not None else [])
-    out: list[str] = []
-    try:
-        with skip_layers(loaded.anatomy, skip):
-            for s in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress):
-                texts = [chat_prompt(loaded, p, True) for p in prompts[s : s + batch_size]]
-                pics = [load_image(im) for im in images[s : s + batch_size]]
-                batch = proc(images=pics, text=texts, return_tensors="pt", padding=True)
-                batch = {
-                    k: v.to(loaded.input_device, loaded.model.dtype)
-                    if v.is_floating_point()
-                    else v.to(loaded.input_device)
-                    for k, v in batch.items()
-                }
-                with torch.inference_mode():
-                    if contrast is not None:
-                        with contrast:
-                            seq = loaded.model.generate(
-                                **batch, generation_config=config, logits_processor=processors
-                            )
-                    else:
-                        seq = loaded.model.generate(**batch, generation_config=config)
-                out += tok.batch_decode(
-                    seq[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
-                )
-    finally:
-        tok.padding_side = old_side
-    return [t.strip() for t in out]
-
-
 def _answer(data: AmberData, queries: Sequence[dict], max_new_tokens: int, **kw) -> list[dict]:
     texts = generate_texts(
         kw.pop("loaded"), [data.image_path(q) for q in queries], [q["query"] for q in queries],
@@ -194,8 +119,8 @@ def _answer(data: AmberData, queries: Sequence[dict], max_new_tokens: int, **kw)
 
 def stable_layers_by_js(stages: Stages) -> list[int]:
     """Decoder layers of the stabilisation stage, most stable (lowest JS into them) first."""
-    end = stages.mutation_layers[0] if stages.mutation_layers else stages.n_layers
-    lens_layers = range(stages.critical_layer + 1, end)  # their input is already stable
+    # From c + 1 (their input is already stable); never the last layer, the model's output.
+    lens_layers = range(stages.critical_layer + 1, min(stages.stabilisation_end, stages.n_layers))
     ranked = sorted(lens_layers, key=lambda j: stages.js_curve[j - 1])
     return [j - 1 for j in ranked]
 
@@ -292,14 +217,13 @@ def compare_decoding(
     Returns:
         ``{variant: {"chair", "cover", "hal", "cog", ..., "responses"}}``.
     """
-    L = loaded.anatomy.n_layers
-    m = stages.mutation_layers[0] if stages.mutation_layers else L
+    m = min(stages.stabilisation_end, stages.n_layers)  # the last layer is the model's output
     variants: dict[str, dict] = {"plain": {}}
     if stages.mutation_layers:
         variants["skip2"] = {"skip": skip_preset(stages, "skip2")}
-    premature = list(range(1, min(m, L)))
+    premature = list(range(1, m))
     variants["dola"] = {"contrast": LayerContrast(loaded, premature, "dola")}
-    variants["anchor"] = {"contrast": LayerContrast(loaded, [min(m, L) - 1], "anchor", alpha)}
+    variants["anchor"] = {"contrast": LayerContrast(loaded, [m - 1], "anchor", alpha)}
     results = {}
     for name, kw in variants.items():
         answers = _answer(

@@ -1,4 +1,4 @@
-"""``lvlm-kit``: trace a whole dataset into a store on disk, and score the store.
+"""``lvlm-kit``: trace a whole dataset into a store on disk, score the store, reproduce.
 
     lvlm-kit trace --model testbed --data AMBER_ROOT --out traces/ [--max-new-tokens 64]
     lvlm-kit trace --model testbed --data images/ --prompt "Describe this image." --out traces/
@@ -16,134 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm.auto import tqdm
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-@dataclass(frozen=True)
-class Item:
-    """One thing to trace."""
-
-    id: str  # file stem in the store (AMBER id or image stem)
-    image: Path
-    prompt: str
-
-
-def dataset_items(
-    data: str | Path, prompt: str | None = None, queries: str = "generative"
-) -> list[Item]:
-    """Items of an AMBER-layout folder or of a folder of images.
-
-    Raises:
-        FileNotFoundError: ``data`` is not a folder.
-        ValueError: a folder of images without ``prompt``, or with no image in it.
-    """
-    from .hallucination import read_amber
-
-    root = Path(data).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: '{root}'")
-    if (root / "data" / "annotations.json").is_file():
-        amber = read_amber(root, queries)
-        return [
-            Item(str(q["id"]), amber.image_path(q), prompt or q["query"]) for q in amber.queries
-        ]
-    images = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise ValueError(
-            f"'{root}' holds no AMBER layout and no images ({', '.join(IMAGE_SUFFIXES)})."
-        )
-    if not prompt:
-        raise ValueError("a folder of images needs a prompt: pass --prompt 'Describe this image.'")
-    return [Item(p.stem, p, prompt) for p in images]
-
-
-def trace_dataset(
-    loaded,
-    items: Sequence[Item],
-    out: str | Path,
-    max_new_tokens: int = 64,
-    process_index: int = 0,
-    num_processes: int = 1,
-    progress: bool = True,
-    **trace_kwargs,
-) -> list[Path]:
-    """Trace this process's share of ``items`` into ``out``; finished items are skipped.
-
-    Args:
-        loaded: the model.
-        items: everything to trace (each process takes every ``num_processes``-th item).
-        out: the store folder.
-        max_new_tokens: generation limit.
-        process_index: this process's rank.
-        num_processes: how many processes share the items.
-        progress: show a progress bar.
-        **trace_kwargs: forwarded to :func:`~lvlm_kit.trace.trace`.
-
-    Returns:
-        Paths of the items written by this call.
-    """
-    from .trace import trace
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    mine = list(items)[process_index::num_processes]
-    for item in mine:  # temp files of a killed earlier run (only this process's items)
-        for stale in out.glob(f".{item.id}.safetensors.*.tmp"):
-            stale.unlink(missing_ok=True)
-    todo = [it for it in mine if not (out / f"{it.id}.safetensors").is_file()]
-    written = []
-    bar = tqdm(todo, desc=f"trace [{process_index}]", position=process_index, disable=not progress)
-    for item in bar:
-        tr = trace(loaded, item.image, item.prompt, max_new_tokens, **trace_kwargs)
-        tr.meta.update(item_id=item.id, image=str(item.image))
-        written.append(tr.save(out / f"{item.id}.safetensors"))
-    return written
-
-
-def evaluate_store(store: str | Path, data: str | Path, queries: str = "generative") -> dict:
-    """Score a trace store's generated texts against AMBER annotations.
-
-    Returns:
-        Generative metrics (CHAIR, Cover, Hal, Cog) or discriminative ones, with counts.
-    """
-    from .hallucination import read_amber, score_discriminative, score_generative
-    from .trace import Trace
-
-    store = Path(store)
-    paths = sorted(store.glob("*.safetensors"))
-    if not paths:
-        raise FileNotFoundError(f"no traces in '{store}'; run `lvlm-kit trace` first.")
-    amber = read_amber(data, queries)
-    wanted = {str(q["id"]) for q in amber.queries}
-    responses = [
-        {"id": int(p.stem), "response": Trace.load(p).generated_text}
-        for p in paths
-        if p.stem in wanted
-    ]
-    if not responses:
-        raise ValueError(f"no trace in '{store}' matches a {queries} query of '{data}'.")
-    if queries == "generative":
-        scores = score_generative(responses, amber).as_dict()
-    else:
-        scores = score_discriminative(responses, amber)
-    scores["n_missing"] = len(wanted) - len(responses)
-    return scores
-
-
-def _write_json(path: Path, value: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,15 +50,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "evaluate":
+        from .files import write_json
+        from .store import evaluate_store
+
         scores = evaluate_store(args.store, args.data, args.queries)
-        _write_json(Path(args.store) / f"scores_{args.queries}.json", scores)
+        write_json(Path(args.store) / f"scores_{args.queries}.json", scores)
         print(json.dumps(scores, indent=2))
         return 0
 
     import torch
     from accelerate import PartialState
 
+    from .data import dataset_items
     from .loading import load_model
+    from .store import trace_dataset
 
     # Without CUDA, accelerate only shards across CPU processes when told `cpu=True`.
     state = PartialState(cpu=not torch.cuda.is_available())

@@ -1,8 +1,7 @@
-"""Hallucination in AMBER's format: reader, generative and discriminative scorers, token labels.
+"""Hallucination in AMBER's format: generative and discriminative scorers, token labels.
 
-Reads AMBER's real layout (``<root>/data/query/*.json``, ``data/annotations.json``,
-``data/relation.json``, ``data/safe_words.txt``, ``image/AMBER_<n>.jpg``) and the
-testbed's export of it alike.
+Scores responses to an :class:`~lvlm_kit.data.AmberData` set (read with
+:func:`~lvlm_kit.data.read_amber`: real AMBER and the testbed's export of it alike).
 
 Generative metrics follow AMBER's official scorer (``inference.py``):
 
@@ -15,7 +14,8 @@ Generative metrics follow AMBER's official scorer (``inference.py``):
   objects, Hal = share of responses with ≥ 1 hallucinated noun, Cog = recognised hallu
   objects / hallu objects.
 
-**Differences from the official scorer** (its NLTK and spaCy data cannot be fetched here):
+**Differences from the official scorer** (it needs spaCy's word vectors and NLTK data,
+which are large downloads; the kit runs without them):
 
 1. No spaCy word-vector similarity (official: a noun with similarity > 0.8 to a truth
    word counts as covered, to a hallu word as recognised). Only exact words and the
@@ -28,117 +28,24 @@ Generative metrics follow AMBER's official scorer (``inference.py``):
    reading that is in the relation vocabulary ("leaves" -> "leaf"), instead of WordNet.
 4. The official scorer counts safe words in CHAIR's denominator (they are kept nouns that
    are never hallucinated); ``safe_words_in_denominator=True`` (default) does the same,
-   False drops them first, as ../shared/AMBER.md words it.
+   False drops them first, as AMBER's paper words it (see ``docs/AMBER.md``).
 5. Discriminative answers: the official scorer requires exactly "Yes"/"No"; here the first
    word, lower-cased and stripped of punctuation, is compared. F1 has no epsilon.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .data import AmberData, relation_vocabulary
 
 if TYPE_CHECKING:
     from .trace import Trace
 
-QUERY_FILES = {
-    "all": "query_all.json",
-    "generative": "query_generative.json",
-    "discriminative": "query_discriminative.json",
-    "attribute": "query_discriminative-attribute.json",
-    "existence": "query_discriminative-existence.json",
-    "relation": "query_discriminative-relation.json",
-}
 _WORD = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)*")
-
-
-# ---- reading ----------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> object:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"AMBER file missing: '{path}'. Expected AMBER's layout: <root>/data/query/*.json, "
-            "<root>/data/annotations.json, relation.json, safe_words.txt, <root>/image/."
-        )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"'{path}' is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-            "re-download or re-export it."
-        ) from None
-
-
-@dataclass
-class AmberData:
-    """One AMBER-layout dataset."""
-
-    root: Path  # the folder holding data/ and image/
-    queries: list[dict]  # {"id", "image", "query"} entries of the chosen query file
-    annotations: dict[int, dict]  # id -> {"id", "type", "truth", ["hallu"]}
-    relation: dict[str, list[str]]  # object word -> associated words
-    safe_words: frozenset[str]
-
-    @property
-    def vocabulary(self) -> frozenset[str]:
-        """Every word of relation.json (keys and value lists)."""
-        return _vocabulary(tuple(sorted((k, tuple(v)) for k, v in self.relation.items())))
-
-    def image_path(self, query: dict) -> Path:
-        """Path of a query's image (``<root>/image/<file>``)."""
-        return self.root / "image" / query["image"]
-
-
-@lru_cache(maxsize=8)
-def _vocabulary(items: tuple[tuple[str, tuple[str, ...]], ...]) -> frozenset[str]:
-    return frozenset(k for k, _ in items) | frozenset(w for _, ws in items for w in ws)
-
-
-def read_amber(root: str | Path, queries: str = "generative") -> AmberData:
-    """Read an AMBER-layout folder.
-
-    Args:
-        root: the folder holding ``data/`` and ``image/``.
-        queries: which query file: one of :data:`QUERY_FILES` (``"generative"`` ...).
-
-    Returns:
-        The dataset.
-
-    Raises:
-        FileNotFoundError: a missing file (named).
-        ValueError: malformed JSON (file and line named), or query ids with no annotation.
-    """
-    root = Path(root).expanduser()
-    if queries not in QUERY_FILES:
-        raise ValueError(f"queries={queries!r} is unknown; use one of {sorted(QUERY_FILES)}.")
-    data = root / "data"
-    query_list = _read_json(data / "query" / QUERY_FILES[queries])
-    annotation_list = _read_json(data / "annotations.json")
-    relation = _read_json(data / "relation.json")
-    safe_path = data / "safe_words.txt"
-    if not safe_path.is_file():
-        raise FileNotFoundError(f"AMBER file missing: '{safe_path}'.")
-    safe = frozenset(
-        w.strip() for w in safe_path.read_text(encoding="utf-8").splitlines() if w.strip()
-    )
-    if not isinstance(query_list, list) or not isinstance(annotation_list, list):
-        raise ValueError(f"'{data}': query files and annotations.json must hold JSON lists.")
-    if not isinstance(relation, dict):
-        raise ValueError(f"'{data / 'relation.json'}' must hold a JSON object.")
-    annotations = {int(a["id"]): a for a in annotation_list}
-    missing = [q["id"] for q in query_list if int(q["id"]) not in annotations]
-    if missing:
-        raise ValueError(
-            f"{len(missing)} query ids have no entry in '{data / 'annotations.json'}' "
-            f"(first: {missing[:5]}); the query and annotation files do not belong together."
-        )
-    return AmberData(root, query_list, annotations, relation, safe)
 
 
 # ---- nouns ------------------------------------------------------------------------------
@@ -204,7 +111,7 @@ def analyse_response(
     safe_words_in_denominator: bool = True,
 ) -> ResponseAnalysis:
     """Classify the object nouns of one response (see the module docstring)."""
-    vocab = _vocabulary(tuple(sorted((k, tuple(v)) for k, v in relation.items())))
+    vocab = relation_vocabulary(relation)
     safe = set(safe_words)
     nouns, hallucinated, offsets = [], [], []
     covered: set[str] = set()
@@ -393,7 +300,7 @@ def overtake_layer(trace: Trace, step: int, winner: int, loser: int) -> int | No
     Returns:
         The layer j (0..L), or None if ``winner`` is not above ``loser`` at the last layer.
     """
-    pw, pl = _probs_of(trace, step, winner), _probs_of(trace, step, loser)
+    pw, pl = trace.prob_of(step, winner), trace.prob_of(step, loser)
     above = (pw > pl).tolist()
     if not above[-1]:
         return None
@@ -401,16 +308,3 @@ def overtake_layer(trace: Trace, step: int, winner: int, loser: int) -> int | No
     while j > 0 and above[j - 1]:
         j -= 1
     return j
-
-
-def _probs_of(trace: Trace, step: int, token_id: int):
-    if int(trace.token_ids[step]) == token_id:
-        return trace.token_prob[step]
-    if trace.watch_ids is not None:
-        hits = (trace.watch_ids == token_id).nonzero()
-        if len(hits):
-            return trace.watch_probs[step, :, int(hits[0])]
-    raise ValueError(
-        f"token id {token_id} was neither emitted at step {step} nor tracked; "
-        "re-run trace(..., watch=[...]) including it."
-    )

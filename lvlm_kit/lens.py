@@ -2,7 +2,7 @@
 
 The lens works on the *residual stream* ``h_j`` (j = 0 is the input of the first decoder
 layer, j = L the output of the last one, before the final norm), which
-:class:`ResidualRecorder` captures with forward hooks. Two norm policies:
+:class:`~lvlm_kit.surgery.ResidualRecorder` captures with forward hooks. Two norm policies:
 
 - ``"final_norm"`` (default): ``φ(norm(h_j))`` for every j. At j = L this is exactly
   what the model computes, so the last-layer lens equals the model's logits.
@@ -37,12 +37,19 @@ def check_norm_policy(norm: str) -> str:
 
 
 class Lens:
-    """Float32 early-exit decoder for one model.
+    """Float32 early-exit decoder for one model: the final norm and the language head.
+
+    Build it once per model and norm policy (:meth:`LoadedModel.lens
+    <lvlm_kit.loading.LoadedModel.lens>` caches it): it holds a float32 copy of the head
+    (``[V, d]``; the head itself when that is already float32 on the same device).
 
     Args:
         anatomy: the model's :class:`~lvlm_kit.anatomy.Anatomy`.
         norm: ``"final_norm"`` or ``"raw"`` (see the module docstring).
         device: where to project; defaults to the language head's device.
+
+    Raises:
+        ValueError: an unknown norm policy, or a head without weights (meta device).
     """
 
     def __init__(
@@ -54,7 +61,7 @@ class Lens:
         if weight.device.type == "meta":
             raise ValueError("the language head has no weights (meta device); load real weights.")
         self.device = torch.device(device) if device is not None else weight.device
-        # [V, d] float32 copy; dequantizes if the head was quantized (it normally is not).
+        # [V, d] float32; dequantizes if the head was quantized (bitsandbytes skips it by default).
         self.weight = _dense_weight(head).to(self.device, torch.float32)
         bias = getattr(head, "bias", None)
         self.bias = None if bias is None else bias.detach().to(self.device, torch.float32)
@@ -67,32 +74,45 @@ class Lens:
         """V, the number of logits per position."""
         return int(self.weight.shape[0])
 
+    def _normed(self, layer: int) -> bool:
+        return self.norm_policy == "final_norm" or layer == self.n_layers
+
     @torch.inference_mode()
-    def logits(self, residuals: torch.Tensor) -> torch.Tensor:
-        """Project a stack of residual-stream states of layers 0..L.
+    def logits(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """Decode residual-stream states with the language head, in float32.
 
         Args:
-            residuals: ``[n, L+1, d]`` residual states (any dtype/device).
+            hidden: ``[..., d]`` states of lens layer ``layer``; or, with ``layer=None``,
+                ``[..., L+1, d]`` states of every lens layer 0..L (any dtype/device).
+            layer: the lens layer (0..L) all of ``hidden`` comes from, or None for a
+                stack of all layers.
 
         Returns:
-            ``[n, L+1, V]`` float32 logits; ``[:, L]`` equals the model's logits.
+            ``[..., V]`` (or ``[..., L+1, V]``) float32 logits; lens layer L equals the
+            model's logits.
         """
-        if residuals.dim() != 3 or residuals.shape[1] != self.n_layers + 1:
-            raise ValueError(
-                f"expected residuals of shape [n, {self.n_layers + 1}, d], got "
-                f"{tuple(residuals.shape)}"
-            )
-        h = residuals.to(self.device, torch.float32)
-        if self.norm_policy == "final_norm":
-            h = self.norm(h)
+        h = hidden.to(self.device, torch.float32)
+        if layer is None:
+            if h.dim() < 2 or h.shape[-2] != self.n_layers + 1:
+                raise ValueError(
+                    f"expected a stack of all layers, shape [..., {self.n_layers + 1}, d], "
+                    f"got {tuple(hidden.shape)}; pass layer=j for states of one lens layer."
+                )
+            if self.norm_policy == "final_norm":
+                h = self.norm(h)
+            else:
+                h = torch.cat([h[..., :-1, :], self.norm(h[..., -1:, :])], dim=-2)
         else:
-            h = torch.cat([h[:, :-1], self.norm(h[:, -1:])], dim=1)
+            if not 0 <= layer <= self.n_layers:
+                raise ValueError(f"lens layer {layer} is out of range 0..{self.n_layers}.")
+            if self._normed(layer):
+                h = self.norm(h)
         out = h @ self.weight.T
         return out if self.bias is None else out + self.bias
 
-    def log_probs(self, residuals: torch.Tensor) -> torch.Tensor:
-        """``log_softmax`` of :meth:`logits`: ``[n, L+1, d] -> [n, L+1, V]`` float32."""
-        return torch.log_softmax(self.logits(residuals), dim=-1)
+    def log_probs(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """``log_softmax`` of :meth:`logits`, same shapes, float32."""
+        return torch.log_softmax(self.logits(hidden, layer), dim=-1)
 
 
 def _dense_weight(head: nn.Module) -> torch.Tensor:
@@ -108,66 +128,3 @@ def _dense_weight(head: nn.Module) -> torch.Tensor:
                 "with the head unquantized (bitsandbytes skips lm_head by default)."
             ) from exc
     return weight.detach()
-
-
-class ResidualRecorder:
-    """Context manager that records the residual stream at the last position of each forward.
-
-    Hooks layer 0's input (j = 0) and every decoder layer's output (j = 1..L). Inside
-    ``generate()`` with a KV cache, forward call t (the prefill for t = 0) predicts
-    generated token t, so after K new tokens :attr:`steps` holds K stacks.
-
-    Args:
-        anatomy: the model's :class:`~lvlm_kit.anatomy.Anatomy`.
-        device: where to keep the captured states (default: where they were computed).
-
-    Example:
-        >>> with ResidualRecorder(anatomy) as rec:
-        ...     model.generate(**inputs, max_new_tokens=8)
-        >>> rec.stacked().shape  # [K, L+1, d]
-    """
-
-    def __init__(self, anatomy: Anatomy, device: torch.device | str | None = None) -> None:
-        self.anatomy = anatomy
-        self.device = device
-        self.steps: list[torch.Tensor] = []
-        self._current: list[torch.Tensor] = []
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    def _keep(self, hidden: torch.Tensor) -> torch.Tensor:
-        last = hidden[0, -1].detach()
-        return last.to(self.device) if self.device is not None else last.clone()
-
-    def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        self._current = [self._keep(hidden)]
-
-    def _make_hook(self, index: int):
-        last = index == self.anatomy.n_layers - 1
-
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            hidden = output[0] if isinstance(output, tuple) else output
-            self._current.append(self._keep(hidden))
-            if last:
-                self.steps.append(torch.stack(self._current))
-                self._current = []
-
-        return hook
-
-    def __enter__(self) -> ResidualRecorder:
-        layers = self.anatomy.layers
-        self._handles.append(layers[0].register_forward_pre_hook(self._pre_hook, with_kwargs=True))
-        for i, layer in enumerate(layers):
-            self._handles.append(layer.register_forward_hook(self._make_hook(i)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def stacked(self) -> torch.Tensor:
-        """All recorded steps as ``[K, L+1, d]`` (in the model's dtype)."""
-        if not self.steps:
-            raise RuntimeError("no forward pass was recorded inside the ResidualRecorder block.")
-        return torch.stack(self.steps)

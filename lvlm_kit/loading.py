@@ -8,7 +8,7 @@ depends on where the files came from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .anatomy import Anatomy, check_supported, resolve_anatomy
+from .lens import Lens, NormPolicy
 
 #: dtype names accepted by :func:`load_model`, mapped in this one place.
 DTYPES: dict[str, Any] = {
@@ -43,6 +44,23 @@ class LoadedModel:
     processor: Any  # a ProcessorMixin for LVLMs, a tokenizer for plain causal LMs
     anatomy: Anatomy  # where its layers, norm and head are
     name: str  # the id or folder it was loaded from
+    _lenses: dict[str, Lens] = field(default_factory=dict, repr=False, compare=False)
+
+    def lens(self, norm: NormPolicy = "final_norm") -> Lens:
+        """The model's float32 :class:`~lvlm_kit.lens.Lens` for ``norm``, built on first use.
+
+        The lens holds a float32 copy of the final norm and language head, made once per
+        norm policy (about 525 MB for LLaVA-1.5-7B's head in bf16 or 4-bit, none for a
+        float32 model). After changing the model's head or norm weights, call
+        :meth:`forget_lens` so the next call rebuilds it.
+        """
+        if norm not in self._lenses:
+            self._lenses[norm] = Lens(self.anatomy, norm)
+        return self._lenses[norm]
+
+    def forget_lens(self) -> None:
+        """Drop the cached lenses (their float32 copies are rebuilt on next use)."""
+        self._lenses.clear()
 
     @property
     def tokenizer(self) -> Any:

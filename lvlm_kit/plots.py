@@ -69,7 +69,7 @@ def js_curve(stages: Stages, curves: dict[str, Sequence[float]] | None = None) -
     """Mean adjacent-layer JS with the three stages shaded (and optional extra curves)."""
     fig, ax = plt.subplots(figsize=(7, 3.5))
     L, c = stages.n_layers, stages.critical_layer
-    m = stages.mutation_layers[0] if stages.mutation_layers else L + 1
+    m = stages.stabilisation_end
     # A point at x = j is the transition into layer j: transitions into 1..c are the rapid
     # evolution, the transition into the first mutation layer m is its spike.
     for (a, b), name in (((0.5, c + 0.5), "rapid evolution"), ((c + 0.5, m - 0.5), "stabilisation"),
@@ -106,7 +106,7 @@ def candidate_trajectories(
         token_ids = list(dict.fromkeys([int(trace.token_ids[step]), *watched, *deep]))
     rows = []
     for tid in token_ids:
-        probs = _full_probs(trace, step, tid)
+        probs = trace.prob_of(step, tid, from_topk=True).numpy()
         name = (labels or {}).get(tid, trace.vocab.get(tid, str(tid)))
         rows += [{"layer": j, "p": float(p), "token": repr(name)} for j, p in enumerate(probs)]
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -114,15 +114,6 @@ def candidate_trajectories(
     ax.set(title=f"token {step} {trace.tokens[step]!r}: candidates by layer ({trace.lens_norm})",
            ylim=(0, 1.02))  # fmt: skip
     return fig
-
-
-def _full_probs(trace: Trace, step: int, token_id: int) -> np.ndarray:
-    if int(trace.token_ids[step]) == token_id:
-        return trace.token_prob[step].numpy()
-    if trace.watch_ids is not None and token_id in trace.watch_ids.tolist():
-        return trace.watch_probs[step, :, trace.watch_ids.tolist().index(token_id)].numpy()
-    hit = trace.topk_ids[step] == token_id  # [L+1, k]
-    return (trace.topk_probs[step] * hit).sum(-1).numpy()
 
 
 def projection_plot(coords: pd.DataFrame, labels: Sequence[str] | None = None,

@@ -63,11 +63,16 @@ class Stages:
     mutation_share: list[float]  # [L+1] share of tokens mutating at each layer
     config: StageConfig = field(default_factory=StageConfig)
 
+    @property
+    def stabilisation_end(self) -> int:
+        """First layer after the stabilisation stage: the first mutation layer, else L + 1."""
+        return self.mutation_layers[0] if self.mutation_layers else self.n_layers + 1
+
     def stage_of(self, layer: int) -> str:
         """Name of the stage a lens layer belongs to ("rapid evolution", ...)."""
         if layer < self.critical_layer:
             return "rapid evolution"
-        if self.mutation_layers and layer >= self.mutation_layers[0]:
+        if layer >= self.stabilisation_end:
             return "mutation"
         return "stabilisation"
 
@@ -168,6 +173,40 @@ def detect_stages(traces: Trace | Sequence[Trace], config: StageConfig | None = 
         mutation_share=share,
         config=cfg,
     )
+
+
+PRESETS: tuple[str, ...] = ("skip1", "skip2", "skip3")
+
+
+def skip_preset(stages: Stages, name: str, n_last: int = 2) -> list[int]:
+    """Decoder layers to skip for the paper's presets, derived from detected stages.
+
+    With critical layer c and first mutation layer m (lens indices; decoder layer i
+    outputs lens layer i + 1), for :func:`~lvlm_kit.surgery.skip_layers`:
+
+    - ``skip1``: jump from the critical layer to the mutation layers — skip the stable
+      middle, lens layers c+1 .. m-1 (decoder layers c .. m-2).
+    - ``skip2``: skip only the mutation layers (every detected one).
+    - ``skip3``: jump from the critical layer to the last ``n_last`` layers — skip lens
+      layers c+1 .. L-n_last.
+
+    Raises:
+        ValueError: an unknown preset, or one the stages leave empty (e.g. no mutation).
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown skip preset {name!r}; use one of {PRESETS}.")
+    c, L = stages.critical_layer, stages.n_layers
+    if name == "skip3":
+        layers = list(range(c, L - n_last))
+    elif not stages.mutation_layers:
+        raise ValueError(f"{name} needs mutation layers, and none were detected in these traces.")
+    elif name == "skip1":
+        layers = list(range(c, stages.stabilisation_end - 1))
+    else:
+        layers = [m - 1 for m in stages.mutation_layers]
+    if not layers:
+        raise ValueError(f"{name} skips no layer for critical layer {c} and these stages.")
+    return layers
 
 
 #: Function words: with punctuation, the paper's "easy" tokens (they settle after the

@@ -11,10 +11,8 @@ A Trace on disk (one safetensors file, written atomically) is enough to redo eve
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -24,10 +22,12 @@ import numpy as np
 import torch
 
 from .divergence import entropy, js_divergence, js_divergence_dola
+from .files import atomic_path
+from .generation import greedy_config
 from .inputs import ImageLike, prepare_inputs
-from .lens import Lens, NormPolicy, ResidualRecorder, check_norm_policy
+from .lens import Lens, NormPolicy, check_norm_policy
 from .loading import LoadedModel
-from .skipping import skip_layers
+from .surgery import ResidualRecorder, skip_layers
 
 FORMAT = "lvlm_kit.trace/1"
 _META_KEY = "lvlm_kit.trace"
@@ -78,6 +78,37 @@ class Trace:
         """String of an id seen in this trace."""
         return self.vocab[int(token_id)]
 
+    def prob_of(self, step: int, token_id: int, from_topk: bool = False) -> torch.Tensor:
+        """Probability of ``token_id`` at generated token ``step``, at every layer.
+
+        Exact for the emitted token and for watched ids (``trace(..., watch=[...])``).
+
+        Args:
+            step: generated-token index t.
+            token_id: the token.
+            from_topk: for any other id, read the top-k lists instead (0 at layers where it
+                is outside the top-k) rather than raising.
+
+        Returns:
+            ``[L+1]`` float32 probabilities.
+
+        Raises:
+            ValueError: the id was neither emitted at ``step`` nor watched, and not
+                ``from_topk``.
+        """
+        if int(self.token_ids[step]) == token_id:
+            return self.token_prob[step]
+        if self.watch_ids is not None:
+            hits = (self.watch_ids == token_id).nonzero()
+            if len(hits):
+                return self.watch_probs[step, :, int(hits[0])]
+        if from_topk:
+            return (self.topk_probs[step] * (self.topk_ids[step] == token_id)).sum(-1)
+        raise ValueError(
+            f"token id {token_id} was neither emitted at step {step} nor tracked; "
+            "re-run trace(..., watch=[...]) including it."
+        )
+
     def to_frame(self):
         """Long pandas frame: one row per (token, layer) with prob, rank, entropy, js."""
         import pandas as pd
@@ -108,7 +139,6 @@ class Trace:
         from safetensors.torch import save_file
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {
             name: getattr(self, name).contiguous()
             for name in self._TENSORS
@@ -119,14 +149,8 @@ class Trace:
         }
         header["vocab"] = {str(k): v for k, v in self.vocab.items()}
         header["format"] = FORMAT
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={_META_KEY: json.dumps(header)})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(header)})
         return path
 
     @classmethod
@@ -247,19 +271,6 @@ def reduce_steps(
     return {key: torch.cat(vals) for key, vals in parts.items()}
 
 
-def greedy_config(model: torch.nn.Module, max_new_tokens: int):
-    """The model's generation config switched to plain greedy decoding."""
-    config = copy.deepcopy(model.generation_config)
-    config.do_sample = False
-    config.num_beams = 1
-    config.max_new_tokens = max_new_tokens
-    for name in ("temperature", "top_p", "top_k"):
-        setattr(config, name, None)
-    if config.pad_token_id is None:
-        config.pad_token_id = config.eos_token_id if config.eos_token_id is not None else 0
-    return config
-
-
 @torch.inference_mode()
 def trace(
     loaded: LoadedModel,
@@ -290,7 +301,7 @@ def trace(
         watch: tokens (ids, or words whose first token is used) whose probability to track
             at every step and layer, e.g. the correct object of a hallucination.
         skip: decoder layers (0..L-1) removed from the forward pass while generating
-            (:func:`~lvlm_kit.skipping.skip_layers`); their lens entries repeat their input.
+            (:func:`~lvlm_kit.surgery.skip_layers`); their lens entries repeat their input.
 
     Returns:
         The :class:`Trace`.
@@ -301,7 +312,7 @@ def trace(
     if top_k < 1:
         raise ValueError("top_k must be at least 1.")
     inputs, prompt_text = prepare_inputs(loaded, image, prompt)
-    lens = Lens(loaded.anatomy, lens_norm)
+    lens = loaded.lens(lens_norm)
     watch_ids = _watch_ids(loaded.tokenizer, watch, lens.vocab_size) if watch else None
     with (
         skip_layers(loaded.anatomy, skip) as skipped,

@@ -8,14 +8,13 @@ from lvlm_kit.applications import (
     LayerContrast,
     compare_decoding,
     compression_sweep,
-    generate_texts,
     stable_layers_by_js,
 )
+from lvlm_kit.data import export_amber, read_amber
 from lvlm_kit.divergence import js_divergence
-from lvlm_kit.hallucination import read_amber
+from lvlm_kit.generation import generate_texts
 from lvlm_kit.inputs import prepare_inputs
 from lvlm_kit.stages import Stages
-from lvlm_kit.testbed.amber import export_amber
 
 PROMPT = "Describe the image."
 

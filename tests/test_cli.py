@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from lvlm_kit import Trace
-from lvlm_kit.cli import dataset_items, main
-from lvlm_kit.testbed.amber import export_amber
+from lvlm_kit.cli import main
+from lvlm_kit.data import dataset_items, export_amber
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -44,6 +44,7 @@ def test_trace_resume_and_evaluate(saved_llava, amber, tmp_path, capsys):
     assert 0 <= scores["chair"] <= 1
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume(saved_llava, amber, tmp_path):
     store = tmp_path / "store"
     store.mkdir()
@@ -70,6 +71,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_accelerate_two_processes(saved_llava, amber, tmp_path):
     store = tmp_path / "store"
     args = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",

@@ -24,6 +24,7 @@ def tr(tiny_llava, image):
     return trace(tiny_llava, image, "Describe the image.", 8, keep_hidden=True)
 
 
+@pytest.mark.slow
 def test_features_and_projection(tr):
     f = token_features(tr)
     assert f.shape == (8, 4, 64)

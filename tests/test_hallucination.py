@@ -4,12 +4,12 @@ import pytest
 import torch
 from conftest import fake_trace
 
+from lvlm_kit.data import read_amber
 from lvlm_kit.hallucination import (
     analyse_response,
     label_tokens,
     noun_lemmas,
     overtake_layer,
-    read_amber,
     score_discriminative,
     score_generative,
 )

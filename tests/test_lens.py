@@ -53,8 +53,58 @@ def test_lens_is_float32_on_a_bfloat16_model(image):
 def test_lens_rejects_bad_input(tiny_llava):
     with pytest.raises(ValueError, match="norm policy 'layernorm' is unknown"):
         Lens(tiny_llava.anatomy, "layernorm")
-    with pytest.raises(ValueError, match=r"expected residuals of shape \[n, 5, d\]"):
+    with pytest.raises(ValueError, match=r"expected a stack of all layers, shape \[\.\.\., 5, d\]"):
         Lens(tiny_llava.anatomy).logits(torch.zeros(2, 3, 64))
+    with pytest.raises(ValueError, match="lens layer 5 is out of range 0..4"):
+        Lens(tiny_llava.anatomy).logits(torch.zeros(2, 64), layer=5)
+
+
+@pytest.mark.parametrize("norm", ["final_norm", "raw"])
+def test_lens_takes_any_leading_shape_and_one_layer(tiny_llava, image, norm):
+    residuals, _ = forward_with_residuals(tiny_llava, image)  # [1, L+1, d]
+    lens = Lens(tiny_llava.anatomy, norm)
+    stack = lens.logits(residuals)  # [1, L+1, V]
+    # The same states with extra leading dims, and one layer at a time, give the same logits.
+    torch.testing.assert_close(lens.logits(residuals[None, None])[0, 0], stack)
+    for j in range(tiny_llava.anatomy.n_layers + 1):
+        torch.testing.assert_close(lens.logits(residuals[:, j], layer=j), stack[:, j])
+        torch.testing.assert_close(
+            lens.log_probs(residuals[:, j], layer=j), torch.log_softmax(stack[:, j], -1)
+        )
+
+
+def test_lens_keeps_a_biased_head(tiny_llava, image):
+    from conftest import make_tiny_llava
+
+    loaded = make_tiny_llava()
+    head = loaded.model.lm_head
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(head.weight)
+        biased.bias.copy_(torch.linspace(-1, 1, head.out_features))
+    loaded.model.lm_head = biased
+    from lvlm_kit import resolve_anatomy
+
+    loaded.anatomy = resolve_anatomy(loaded.model)
+    residuals, logits = forward_with_residuals(loaded, image)
+    lens = loaded.lens()
+    torch.testing.assert_close(lens.logits(residuals)[0, -1], logits.float(), atol=1e-4, rtol=0)
+    last = lens.logits(residuals[:, -1], layer=loaded.anatomy.n_layers)
+    torch.testing.assert_close(last[0], logits.float(), atol=1e-4, rtol=0)
+
+
+def test_loaded_model_builds_each_lens_once(tiny_llava):
+    from conftest import make_tiny_llava
+
+    loaded = make_tiny_llava()
+    first = loaded.lens()
+    assert loaded.lens() is first and loaded.lens("final_norm") is first
+    raw = loaded.lens("raw")
+    assert raw is not first and raw.norm_policy == "raw" and loaded.lens("raw") is raw
+    with pytest.raises(ValueError, match="norm policy 'x' is unknown"):
+        loaded.lens("x")
+    loaded.forget_lens()
+    assert loaded.lens() is not first
 
 
 def test_recorder_removes_hooks(tiny_llava, image):

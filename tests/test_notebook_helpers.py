@@ -6,12 +6,12 @@ import pytest
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from lvlm_kit import notebook
+from lvlm_kit import data, notebook
 from lvlm_kit.testbed.world import DEFAULT_PRIORS, Scene
 
 
 def test_testbed_probe_data_holds_a_without_b(tmp_path):
-    items = notebook.resolve_data("testbed-probe", tmp_path, 6, seed=3)
+    items = data.resolve_data("testbed-probe", tmp_path, 6, seed=3)
     assert [i.id for i in items] == ["1", "2", "3", "4", "5", "6"]
     scenes = json.loads((tmp_path / "testbed_probe" / "data" / "scenes.json").read_text())
     for i, d in enumerate(scenes):
@@ -19,29 +19,29 @@ def test_testbed_probe_data_holds_a_without_b(tmp_path):
         cats = Scene.from_dict(d).categories
         assert prior.a in cats and prior.b not in cats
     # A second call with more images re-exports (no stale, smaller export is reused).
-    assert len(notebook.resolve_data("testbed-probe", tmp_path, 9, seed=3)) == 9
+    assert len(data.resolve_data("testbed-probe", tmp_path, 9, seed=3)) == 9
 
 
 def test_resolve_amber_slices_by_image(tmp_path):
-    gen = notebook.resolve_amber("testbed", tmp_path, 4, seed=1)
-    dis = notebook.resolve_amber("testbed", tmp_path, 4, seed=1, queries="discriminative")
+    gen = data.resolve_amber("testbed", tmp_path, 4, seed=1)
+    dis = data.resolve_amber("testbed", tmp_path, 4, seed=1, queries="discriminative")
     assert [q["id"] for q in gen.queries] == [1, 2, 3, 4]
     assert len(dis.queries) == 8 and {q["image"] for q in dis.queries} == {
         f"AMBER_{i}.jpg" for i in range(1, 5)
     }
     (tmp_path / "pics").mkdir()
     with pytest.raises(ValueError, match="no AMBER annotations"):
-        notebook.resolve_amber(str(tmp_path / "pics"), tmp_path, 2)
+        data.resolve_amber(str(tmp_path / "pics"), tmp_path, 2)
 
 
 def test_vqa_items(tmp_path):
-    items = notebook.vqa_items("testbed", tmp_path, ["boat", "star"], 3, seed=0)
+    items = data.vqa_items("testbed", tmp_path, ["boat", "star"], 3, seed=0)
     assert [v["question"] for v in items] == ["what colour is the boat?"] * 3 + [
         "what colour is the star?"] * 3  # fmt: skip
     assert all((tmp_path / "vqa_images").joinpath(v["image"]).is_file() for v in items)
     spec = tmp_path / "vqa.json"
     spec.write_text(json.dumps(items[:2]))
-    assert notebook.vqa_items(str(spec), tmp_path, [], 0) == items[:2]
+    assert data.vqa_items(str(spec), tmp_path, [], 0) == items[:2]
 
 
 def test_record_and_show(tmp_path):

@@ -8,6 +8,8 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
+pytestmark = pytest.mark.slow  # each runs a kernel and the testbed model
+
 ROOT = Path(__file__).parent.parent
 SMALL = {"MAX_NEW_TOKENS": 24, "N_IMAGES": 3, "SEED": 0}
 EXTRA = {

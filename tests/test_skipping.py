@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from lvlm_kit import trace
+from lvlm_kit.generation import greedy_config
 from lvlm_kit.inputs import prepare_inputs
-from lvlm_kit.skipping import check_layers, skip_layers, skip_preset
-from lvlm_kit.stages import Stages
-from lvlm_kit.trace import greedy_config
+from lvlm_kit.stages import Stages, skip_preset
+from lvlm_kit.surgery import check_layers, skip_layers
 
 PROMPT = "Describe the image."
 

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from lvlm_kit import Trace, TraceFileError, trace
+from lvlm_kit.generation import greedy_config
 from lvlm_kit.inputs import prepare_inputs
 from lvlm_kit.lens import Lens
-from lvlm_kit.trace import greedy_config, reduce_steps
+from lvlm_kit.trace import reduce_steps
 
 PROMPT = "Describe the image."
 
@@ -117,3 +118,23 @@ def test_bad_arguments(tiny_llava, image):
         trace(tiny_llava, image, PROMPT, 0)
     with pytest.raises(ValueError, match="norm policy"):
         trace(tiny_llava, image, PROMPT, 2, lens_norm="bogus")
+
+
+def test_trace_builds_the_lens_once_per_model_and_norm(image, monkeypatch):
+    from conftest import make_tiny_llava
+
+    from lvlm_kit import lens as lens_mod
+
+    built = []
+    init = lens_mod.Lens.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(args[1:] or kwargs.get("norm"))
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(lens_mod.Lens, "__init__", counting)
+    loaded = make_tiny_llava()
+    for _ in range(3):
+        trace(loaded, image, "Describe the image.", 3)
+    trace(loaded, image, "Describe the image.", 3, lens_norm="raw")
+    assert len(built) == 2

@@ -13,7 +13,7 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 
-from ..applications import generate_texts
+from ..generation import generate_texts
 from ..loading import LoadedModel
 from .world import (
     CATEGORIES,

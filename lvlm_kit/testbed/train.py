@@ -11,8 +11,9 @@ LLaVA pairs a pretrained CLIP with an LLM:
    30% detailed descriptions, 20% grounded descriptions ("describe the boat."), 50%
    single-word VQA.
 
-Without stage 1 the model never learns to look an object up by name (VQA stays near 0.56:
-README, "The testbed"); ``--vision-steps 0`` trains end to end from the start instead.
+Stage 1 gives each image token the words of what its cell shows, which is what lets the
+decoder look an object up by name in VQA; ``--vision-steps 0`` skips it and trains end to
+end from the start.
 
 Fixed seed, one CPU thread (bit-reproducible), about 30 minutes. Writes the model and
 processor with ``save_pretrained`` to ``data/testbed/model`` (or ``--out``) and its

@@ -1,0 +1,329 @@
+"""Every source of images, prompts and ground truth, in one place.
+
+- **AMBER** (Wang et al. 2023, the benchmark the paper uses): :func:`read_amber` reads its
+  on-disk layout (see ``docs/AMBER.md``), :class:`AmberData` holds it.
+- **Folders of images** with one prompt, and AMBER folders, as :class:`Item` lists
+  (:func:`dataset_items`): what ``lvlm-kit trace`` and the notebooks trace.
+- **The testbed world**: :func:`export_amber` writes fresh procedural scenes in AMBER's
+  layout, so the same reader and scorer run on both; :func:`vqa_items` draws single-word
+  VQA questions about them.
+- :func:`resolve_data` / :func:`resolve_amber` / :func:`vqa_items` turn a notebook's
+  ``DATA`` parameter (``"testbed"``, ``"testbed-probe"``, or a folder) into the above.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .testbed.world import CATEGORIES, DEFAULT_PRIORS, PLURALS, Prior, render, sample_scene
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+# ---- AMBER ------------------------------------------------------------------------------
+
+QUERY_FILES = {
+    "all": "query_all.json",
+    "generative": "query_generative.json",
+    "discriminative": "query_discriminative.json",
+    "attribute": "query_discriminative-attribute.json",
+    "existence": "query_discriminative-existence.json",
+    "relation": "query_discriminative-relation.json",
+}
+
+
+def _read_json(path: Path) -> object:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"AMBER file missing: '{path}'. Expected AMBER's layout: <root>/data/query/*.json, "
+            "<root>/data/annotations.json, relation.json, safe_words.txt, <root>/image/."
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"'{path}' is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            "re-download or re-export it."
+        ) from None
+
+
+@dataclass
+class AmberData:
+    """One AMBER-layout dataset."""
+
+    root: Path  # the folder holding data/ and image/
+    queries: list[dict]  # {"id", "image", "query"} entries of the chosen query file
+    annotations: dict[int, dict]  # id -> {"id", "type", "truth", ["hallu"]}
+    relation: dict[str, list[str]]  # object word -> associated words
+    safe_words: frozenset[str]
+
+    @property
+    def vocabulary(self) -> frozenset[str]:
+        """Every word of relation.json (keys and value lists)."""
+        return relation_vocabulary(self.relation)
+
+    def image_path(self, query: dict) -> Path:
+        """Path of a query's image (``<root>/image/<file>``)."""
+        return self.root / "image" / query["image"]
+
+
+def relation_vocabulary(relation: dict[str, list[str]]) -> frozenset[str]:
+    """Every word of an AMBER relation.json (keys and value lists)."""
+    return _vocabulary(tuple(sorted((k, tuple(v)) for k, v in relation.items())))
+
+
+@lru_cache(maxsize=8)
+def _vocabulary(items: tuple[tuple[str, tuple[str, ...]], ...]) -> frozenset[str]:
+    return frozenset(k for k, _ in items) | frozenset(w for _, ws in items for w in ws)
+
+
+def read_amber(root: str | Path, queries: str = "generative") -> AmberData:
+    """Read an AMBER-layout folder.
+
+    Args:
+        root: the folder holding ``data/`` and ``image/``.
+        queries: which query file: one of :data:`QUERY_FILES` (``"generative"`` ...).
+
+    Returns:
+        The dataset.
+
+    Raises:
+        FileNotFoundError: a missing file (named).
+        ValueError: malformed JSON (file and line named), or query ids with no annotation.
+    """
+    root = Path(root).expanduser()
+    if queries not in QUERY_FILES:
+        raise ValueError(f"queries={queries!r} is unknown; use one of {sorted(QUERY_FILES)}.")
+    data = root / "data"
+    query_list = _read_json(data / "query" / QUERY_FILES[queries])
+    annotation_list = _read_json(data / "annotations.json")
+    relation = _read_json(data / "relation.json")
+    safe_path = data / "safe_words.txt"
+    if not safe_path.is_file():
+        raise FileNotFoundError(f"AMBER file missing: '{safe_path}'.")
+    safe = frozenset(
+        w.strip() for w in safe_path.read_text(encoding="utf-8").splitlines() if w.strip()
+    )
+    if not isinstance(query_list, list) or not isinstance(annotation_list, list):
+        raise ValueError(f"'{data}': query files and annotations.json must hold JSON lists.")
+    if not isinstance(relation, dict):
+        raise ValueError(f"'{data / 'relation.json'}' must hold a JSON object.")
+    annotations = {int(a["id"]): a for a in annotation_list}
+    missing = [q["id"] for q in query_list if int(q["id"]) not in annotations]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} query ids have no entry in '{data / 'annotations.json'}' "
+            f"(first: {missing[:5]}); the query and annotation files do not belong together."
+        )
+    return AmberData(root, query_list, annotations, relation, safe)
+
+
+# ---- items: what gets traced --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to trace."""
+
+    id: str  # file stem in the store (AMBER id or image stem)
+    image: Path
+    prompt: str
+
+
+def dataset_items(
+    data: str | Path, prompt: str | None = None, queries: str = "generative"
+) -> list[Item]:
+    """Items of an AMBER-layout folder or of a folder of images.
+
+    Raises:
+        FileNotFoundError: ``data`` is not a folder.
+        ValueError: a folder of images without ``prompt``, or with no image in it.
+    """
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: '{root}'")
+    if (root / "data" / "annotations.json").is_file():
+        amber = read_amber(root, queries)
+        return [
+            Item(str(q["id"]), amber.image_path(q), prompt or q["query"]) for q in amber.queries
+        ]
+    images = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise ValueError(
+            f"'{root}' holds no AMBER layout and no images ({', '.join(IMAGE_SUFFIXES)})."
+        )
+    if not prompt:
+        raise ValueError("a folder of images needs a prompt: pass --prompt 'Describe this image.'")
+    return [Item(p.stem, p, prompt) for p in images]
+
+
+# ---- the testbed world in AMBER's layout -------------------------------------------------
+
+
+def export_amber(
+    root: str | Path,
+    n_images: int = 200,
+    seed: int = 7,
+    priors: tuple[Prior, ...] = DEFAULT_PRIORS,
+    questions_per_image: int = 2,
+    overwrite: bool = False,
+    probe: bool = False,
+) -> Path:
+    """Write ``n_images`` fresh scenes as an AMBER-layout folder at ``root``.
+
+    The folder is built next to ``root`` and renamed into place at the end, so an
+    interrupted export leaves nothing behind.
+
+    Args:
+        root: destination folder (must not exist unless ``overwrite``).
+        n_images: number of scenes/images.
+        seed: seed of the scene draw.
+        priors: planted priors applied while sampling (the training distribution).
+        questions_per_image: existence questions per image (half present, half absent).
+        overwrite: replace an existing folder.
+        probe: draw planted-prior probe scenes instead: each holds a prior's A but not its
+            B (priors taken in turn, none applied while sampling), where the trained model
+            tends to hallucinate B.
+
+    Returns:
+        ``root``.
+    """
+    root = Path(root)
+    if root.exists() and not overwrite:
+        raise FileExistsError(f"'{root}' exists; pass overwrite=True or choose another folder.")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    try:
+        _write(tmp, n_images, seed, priors, questions_per_image, probe)
+        if root.exists():
+            shutil.rmtree(root)
+        tmp.rename(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _write(root: Path, n: int, seed: int, priors, per_image: int, probe: bool) -> None:
+    rng = random.Random(seed)
+    (root / "data" / "query").mkdir(parents=True)
+    (root / "image").mkdir()
+    if probe:
+        pairs = [priors[i % len(priors)] for i in range(n)]
+        scenes = [sample_scene(rng, (), require=p.a, forbid=[p.b]) for p in pairs]
+    else:
+        scenes = [sample_scene(rng, priors) for _ in range(n)]
+    # Per scene: drawn categories, and those not there at all (an occluded one is neither).
+    truths = [
+        (sorted({g.category for g in s.visible}), [c for c in CATEGORIES if c not in s.categories])
+        for s in scenes
+    ]
+    generative, discriminative, annotations = [], [], []
+    for i, (scene, (present, absent)) in enumerate(zip(scenes, truths), start=1):
+        name = f"AMBER_{i}.jpg"
+        render(scene).save(root / "image" / name, quality=95, subsampling=0)
+        generative.append({"id": i, "image": name, "query": "Describe this image."})
+        annotations.append({"id": i, "type": "generative", "truth": present, "hallu": absent})
+    next_id = n + 1
+    for i, (present, absent) in enumerate(truths, start=1):
+        asks = [(c, "yes") for c in rng.sample(present, min(len(present), (per_image + 1) // 2))]
+        asks += [(c, "no") for c in rng.sample(absent, per_image // 2)]
+        for obj, truth in asks:
+            query = f"Is there a {obj} in this image?"
+            discriminative.append({"id": next_id, "image": f"AMBER_{i}.jpg", "query": query})
+            annotations.append(
+                {"id": next_id, "type": "discriminative-hallucination", "truth": truth}
+            )
+            next_id += 1
+    queries = {
+        "query_generative.json": generative,
+        "query_discriminative.json": discriminative,
+        "query_discriminative-existence.json": discriminative,
+        "query_discriminative-attribute.json": [],
+        "query_discriminative-relation.json": [],
+        "query_all.json": generative + discriminative,
+    }
+    for fname, value in queries.items():
+        (root / "data" / "query" / fname).write_text(json.dumps(value, indent=1))
+    (root / "data" / "annotations.json").write_text(json.dumps(annotations, indent=1))
+    relation = {c: [PLURALS[c]] if PLURALS[c] != c else [] for c in CATEGORIES}
+    (root / "data" / "relation.json").write_text(json.dumps(relation, indent=1))
+    (root / "data" / "safe_words.txt").write_text("image\nobject\n")
+    (root / "data" / "scenes.json").write_text(json.dumps([s.to_dict() for s in scenes]))
+
+
+# ---- a notebook's DATA parameter ---------------------------------------------------------
+
+TESTBED_DATA = ("testbed", "testbed-probe")
+
+
+def _data_root(data: str, output_dir: str | Path, n_images: int, seed: int) -> str:
+    if data not in TESTBED_DATA:
+        return data
+    root = Path(output_dir) / data.replace("-", "_")  # deterministic: rewritten every call
+    export_amber(root, n_images, seed, probe=data == "testbed-probe", overwrite=True)
+    return str(root)
+
+
+def resolve_data(data: str, output_dir: str | Path, n_images: int, seed: int = 0,
+                 prompt: str | None = None, queries: str = "generative") -> list[Item]:  # fmt: skip
+    """The first ``n_images`` items of ``data``.
+
+    Args:
+        data: ``"testbed"`` (fresh held-out scenes exported in AMBER's layout under
+            ``output_dir``), ``"testbed-probe"`` (planted-prior probe scenes: A without B),
+            an AMBER-layout folder, or a folder of images.
+        output_dir: the notebook's output folder.
+        n_images: how many items to use.
+        seed: seed of the testbed scenes.
+        prompt: overrides the queries' prompt (required for a folder of images).
+        queries: AMBER query file.
+    """
+    return dataset_items(_data_root(data, output_dir, n_images, seed), prompt, queries)[:n_images]
+
+
+def resolve_amber(data: str, output_dir: str | Path, n_images: int, seed: int = 0,
+                  queries: str = "generative"):  # fmt: skip
+    """AMBER data (annotations included) for the first ``n_images`` images of ``data``.
+
+    Raises:
+        ValueError: ``data`` is a plain folder of images (no annotations to score against).
+    """
+    root = Path(_data_root(data, output_dir, n_images, seed))
+    if not (root / "data" / "annotations.json").is_file():
+        raise ValueError(f"'{root}' has no AMBER annotations; this notebook needs AMBER's "
+                         "layout (or DATA='testbed').")  # fmt: skip
+    amber = read_amber(root, queries)
+    images = {q["image"] for q in read_amber(root, "generative").queries[:n_images]}
+    amber.queries = [q for q in amber.queries if q["image"] in images]
+    return amber
+
+
+def vqa_items(data: str, output_dir: str | Path, objects: list[str], per_question: int,
+              seed: int = 0) -> list[dict]:  # fmt: skip
+    """Single-word VQA items: ``{"image", "question", "answer"}``, ``per_question`` each.
+
+    With ``data="testbed"`` the images are fresh scenes holding each object and the
+    question is "what colour is the {object}?"; otherwise ``data`` is a JSON file with such
+    a list (``answer`` optional).
+    """
+    if data not in TESTBED_DATA:
+        return json.loads(Path(data).read_text())
+    folder = Path(output_dir) / "vqa_images"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, out = random.Random(seed), []
+    for obj in objects:
+        for i in range(per_question):
+            scene = sample_scene(rng, require=obj)
+            path = folder / f"{obj}_{i}.png"
+            render(scene).save(path)
+            colour = next(g.colour for g in scene.groups if g.category == obj)
+            out.append({"image": str(path), "question": f"what colour is the {obj}?",
+                        "answer": colour})  # fmt: skip
+    return out

@@ -1,0 +1,221 @@
+"""Every hook and patch the kit puts on a model, in one place.
+
+- :func:`layer_output` reads the hidden states out of a decoder layer's output; every hook
+  goes through it, so an unexpected output fails loudly here and nowhere else.
+- :class:`ResidualRecorder` records the residual stream at the predicting position of every
+  forward pass (what :func:`~lvlm_kit.trace.trace` decodes).
+- :class:`LayerTap` keeps the latest last-position states of chosen layers (what
+  layer-contrast decoding reads at each step).
+- :func:`skip_layers` removes decoder layers from the forward pass inside ``generate()``.
+
+Each is a context manager that leaves the model exactly as it found it on exit, also after
+an exception. Lens layer j is the residual stream after decoder layer j - 1 (j = 0: the
+input of the first layer); decoder-layer indices are ``0..L-1`` (``anatomy.layers[i]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .anatomy import Anatomy
+
+
+def layer_output(output: object) -> torch.Tensor:
+    """The hidden states ``[batch, seq, d]`` in a decoder layer's output.
+
+    Decoder layers of the supported families return the tensor itself; a tuple whose first
+    item is the tensor (the layout of older or custom layers) is accepted too.
+
+    Raises:
+        TypeError: any other output, naming its type.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(
+        f"a decoder layer returned {type(output).__name__}, not the hidden-states tensor "
+        "(or a tuple starting with it). This architecture is not supported; see "
+        "lvlm_kit/anatomy.py."
+    )
+
+
+class ResidualRecorder:
+    """Record the residual stream at the last position of each forward pass.
+
+    Hooks layer 0's input (lens layer 0) and every decoder layer's output (lens layers
+    1..L). Inside ``generate()`` with a KV cache, forward call t (the prefill for t = 0)
+    predicts generated token t, so after K new tokens :attr:`steps` holds K stacks.
+
+    Args:
+        anatomy: the model's :class:`~lvlm_kit.anatomy.Anatomy`.
+        device: where to keep the captured states (default: where they were computed).
+
+    Example:
+        >>> with ResidualRecorder(anatomy) as rec:
+        ...     model.generate(**inputs, max_new_tokens=8)
+        >>> rec.stacked().shape  # [K, L+1, d]
+    """
+
+    def __init__(self, anatomy: Anatomy, device: torch.device | str | None = None) -> None:
+        self.anatomy = anatomy
+        self.device = device
+        self.steps: list[torch.Tensor] = []  # K tensors [L+1, d]
+        self._current: list[torch.Tensor] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _keep(self, hidden: torch.Tensor) -> torch.Tensor:
+        last = hidden[0, -1].detach()
+        return last.to(self.device) if self.device is not None else last.clone()
+
+    def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self._current = [self._keep(hidden)]
+
+    def _make_hook(self, index: int):
+        last = index == self.anatomy.n_layers - 1
+
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            self._current.append(self._keep(layer_output(output)))
+            if last:
+                self.steps.append(torch.stack(self._current))
+                self._current = []
+
+        return hook
+
+    def __enter__(self) -> ResidualRecorder:
+        layers = self.anatomy.layers
+        self._handles.append(layers[0].register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+        for i, layer in enumerate(layers):
+            self._handles.append(layer.register_forward_hook(self._make_hook(i)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def stacked(self) -> torch.Tensor:
+        """All recorded steps as ``[K, L+1, d]`` (in the model's dtype)."""
+        if not self.steps:
+            raise RuntimeError("no forward pass was recorded inside the ResidualRecorder block.")
+        return torch.stack(self.steps)
+
+
+class LayerTap:
+    """Keep the latest last-position hidden states of chosen lens layers.
+
+    Args:
+        anatomy: the model's anatomy.
+        layers: lens layers 1..L to tap (lens layer j is decoder layer j - 1's output).
+
+    Attributes:
+        latest: lens layer -> ``[batch, d]`` states of the most recent forward pass.
+    """
+
+    def __init__(self, anatomy: Anatomy, layers: Sequence[int]) -> None:
+        bad = [j for j in layers if not 1 <= j <= anatomy.n_layers]
+        if bad:
+            raise ValueError(f"lens layers {bad} cannot be tapped; use 1..{anatomy.n_layers}.")
+        self.anatomy, self.layers = anatomy, list(layers)
+        self.latest: dict[int, torch.Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    @property
+    def active(self) -> bool:
+        """True inside the ``with`` block."""
+        return bool(self._handles)
+
+    def __enter__(self) -> LayerTap:
+        for j in self.layers:
+
+            def hook(module: nn.Module, args: tuple, output: object, j: int = j) -> None:
+                self.latest[j] = layer_output(output)[:, -1].detach()
+
+            self._handles.append(self.anatomy.layers[j - 1].register_forward_hook(hook))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.latest.clear()
+
+
+def check_layers(layers: Iterable[int], n_layers: int) -> list[int]:
+    """Validate decoder-layer indices to skip; returns them sorted.
+
+    Raises:
+        ValueError: duplicates, indices outside ``0..n_layers-1``, or all layers.
+    """
+    layers = list(layers)
+    if any(not isinstance(i, int) or isinstance(i, bool) for i in layers):
+        raise ValueError(f"layer indices must be ints, got {layers}.")
+    dupes = sorted({i for i in layers if layers.count(i) > 1})
+    if dupes:
+        raise ValueError(f"layer indices {dupes} are listed more than once; list each once.")
+    bad = [i for i in layers if not 0 <= i < n_layers]
+    if bad:
+        raise ValueError(
+            f"layer indices {bad} are out of range: this model has decoder layers "
+            f"0..{n_layers - 1}."
+        )
+    if len(layers) == n_layers:
+        raise ValueError(f"cannot skip all {n_layers} decoder layers; keep at least one.")
+    return sorted(layers)
+
+
+def _identity(hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+    return hidden_states
+
+
+def _idx_modules(layer: nn.Module) -> list[nn.Module]:
+    return [m for m in layer.modules() if isinstance(getattr(m, "layer_idx", None), int)]
+
+
+@contextmanager
+def skip_layers(anatomy: Anatomy, layers: Sequence[int]) -> Iterator[list[int]]:
+    """Run the model with decoder ``layers`` removed from the forward pass.
+
+    Valid inside ``generate()`` with a KV cache. A skipped layer's ``forward`` becomes the
+    identity (no compute, no cache write; its hooks still fire, so a Trace of a skipped
+    generation keeps all L + 1 layer entries, skipped layers repeating their input). The
+    kept layers' attention ``layer_idx`` values are renumbered to be contiguous, so the
+    cache stays dense: transformers derives positions and mask sizes from cache slot 0,
+    which must belong to the first layer that runs.
+
+    Args:
+        anatomy: the model's anatomy (``loaded.anatomy``).
+        layers: decoder-layer indices ``0..L-1`` to skip (may be empty).
+
+    Yields:
+        The sorted list of skipped layers.
+
+    Example:
+        >>> with skip_layers(loaded.anatomy, [14, 15, 16]):
+        ...     out = loaded.model.generate(**inputs, max_new_tokens=32)
+    """
+    skipped = check_layers(layers, anatomy.n_layers)
+    saved_idx: list[tuple[nn.Module, int]] = []
+    patched: list[nn.Module] = []
+    try:
+        new_idx = 0
+        for i, layer in enumerate(anatomy.layers):
+            if i in skipped:
+                layer.forward = _identity
+                patched.append(layer)
+                continue
+            for m in _idx_modules(layer):
+                saved_idx.append((m, m.layer_idx))
+                m.layer_idx = new_idx
+            new_idx += 1
+        yield skipped
+    finally:
+        for layer in patched:
+            del layer.forward  # back to the class's forward
+        for m, idx in saved_idx:
+            m.layer_idx = idx

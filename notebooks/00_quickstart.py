@@ -1,0 +1,107 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 · Quickstart: one image, every layer
+#
+# Load a model, generate a description once, and decode every layer's hidden state with the language head (the *logit lens*). The default model is the embedded testbed, a small LLaVA-architecture model trained on procedural scenes.
+#
+# Run on LLaVA-1.5-7B (GPU):
+# `papermill 00_quickstart.ipynb out.ipynb -p MODEL llava-hf/llava-1.5-7b-hf -p QUANTIZATION 4bit -p DATA /path/to/AMBER`
+
+# %%
+# Setup: locally the kit is installed by `make reproduce` / `make test`. In Colab, first
+# clone the lvlm-kit repository to /content/lvlm-kit; this cell then installs it.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    kit = "/content/lvlm-kit"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", kit], check=True)
+
+
+# %% tags=["parameters"]
+MODEL = "testbed"  # hub id (llava-hf/llava-1.5-7b-hf), local folder, or "testbed"
+QUANTIZATION = None  # None, "4bit" or "8bit" (bitsandbytes, CUDA only)
+DEVICE = "auto"  # "auto" (GPU if any), "cpu", "cuda", or an accelerate device map
+LENS_NORM = "final_norm"  # "final_norm" (default) or "raw" (the paper authors' code)
+DATA = "testbed"  # "testbed", an AMBER-layout folder, or a folder of images
+PROMPT = "Please describe this image in detail."
+MAX_NEW_TOKENS = 32
+N_IMAGES = 1
+SEED = 0
+OUTPUT_DIR = None  # default: <repo>/outputs/00_quickstart
+
+
+# %% [markdown]
+# Load the model named by `MODEL` (the embedded testbed by default) and make the output folder; figures and `metrics.json` are written there.
+
+# %%
+import torch
+
+from lvlm_kit import data, notebook, plots, trace
+
+OUTPUT_DIR, lm = notebook.start("00_quickstart", MODEL, QUANTIZATION, DEVICE, SEED, OUTPUT_DIR)
+items = data.resolve_data(DATA, OUTPUT_DIR, N_IMAGES, SEED)
+
+
+# %% [markdown]
+# ## 1. Trace one image
+
+# %%
+from lvlm_kit.widgets import TraceExplorer, topk_table
+
+tr = trace(lm, items[0].image, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM)
+tr.save(OUTPUT_DIR / "trace.safetensors")
+print(tr.generated_text)
+tr.to_frame().head(8)
+
+# %% [markdown]
+# ## 2. Probability of each generated token at every layer
+
+# %%
+notebook.show(plots.token_probability_heatmap(tr), OUTPUT_DIR, "token_probabilities")
+
+# %% [markdown]
+# ## 3. Explore a token: top-k per layer and its trajectory
+
+# %%
+explorer = TraceExplorer(tr)
+explorer.widget
+
+# %% [markdown]
+# ## 4. The same table without widgets (for headless runs)
+
+# %%
+topk_table(tr, min(1, tr.n_tokens - 1), k=3)
+
+# %% [markdown]
+# ## Headline numbers (recorded to `OUTPUT_DIR/metrics.json`)
+
+# %%
+metrics = notebook.record(
+    {
+        "n_layers": tr.n_layers,
+        "n_tokens": tr.n_tokens,
+        "lens_norm": tr.lens_norm,
+        "generated_text": tr.generated_text,
+        "mean_p_first_layer": float(tr.token_prob[:, 0].mean()),
+        "mean_p_last_layer": float(tr.token_prob[:, -1].mean()),
+        "last_layer_top1_share": float((tr.token_rank[:, -1] == 0).float().mean()),
+    },
+    OUTPUT_DIR,
+)
+metrics
