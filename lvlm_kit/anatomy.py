@@ -59,6 +59,7 @@ class Anatomy:
     lm_head: nn.Module  # the language head φ: hidden [.., d] -> logits [.., V]
     embed_tokens: nn.Module  # token embedding table
     image_token_id: int | None  # id of the (expanded) image placeholder token, if any
+    max_positions: int | None = None  # the decoder's context length, if the config states it
 
     @property
     def n_layers(self) -> int:
@@ -131,6 +132,8 @@ def resolve_anatomy(model: nn.Module) -> Anatomy:
         image_token_id = getattr(config, "image_token_id", None)
         if image_token_id is None:
             image_token_id = getattr(config, "image_token_index", None)
+    text_config = getattr(config, "text_config", None) or config
+    max_positions = getattr(text_config, "max_position_embeddings", None)
     return Anatomy(
         model_type=model_type,
         kind=kind,
@@ -139,4 +142,5 @@ def resolve_anatomy(model: nn.Module) -> Anatomy:
         lm_head=lm_head,
         embed_tokens=backbone.embed_tokens,
         image_token_id=None if image_token_id is None else int(image_token_id),
+        max_positions=None if max_positions is None else int(max_positions),
     )

@@ -37,6 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--lens-norm", default="final_norm", choices=["final_norm", "raw"])
     t.add_argument("--top-k", type=int, default=10)
     t.add_argument("--keep-hidden", action="store_true", help="store residuals [K, L+1, d]")
+    t.add_argument(
+        "--overwrite", action="store_true", help="re-trace items made with other settings"
+    )
+    t.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="record a failing item's error and go on (exit code 1 at the end if any failed)",
+    )
     e = sub.add_parser("evaluate", help="score a store with the AMBER scorer")
     e.add_argument("--store", required=True)
     e.add_argument("--data", required=True)
@@ -63,20 +71,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .data import dataset_items
     from .loading import load_model
-    from .store import trace_dataset
+    from .store import check_settings, store_settings, trace_dataset
 
     # Without CUDA, accelerate only shards across CPU processes when told `cpu=True`.
     state = PartialState(cpu=not torch.cuda.is_available())
     items = dataset_items(args.data, args.prompt, args.queries)
+    source = str(Path(args.data).resolve())
+    trace_kwargs = {
+        "lens_norm": args.lens_norm,
+        "top_k": args.top_k,
+        "keep_hidden": args.keep_hidden,
+    }
+    # Refuse other settings before loading the model (its dtype is compared once loaded).
+    early = store_settings(args.model, None, items, source, args.max_new_tokens, **trace_kwargs)
+    check_settings(args.out, early, args.overwrite, record=False)
     device_map = {"": str(state.device)} if state.num_processes > 1 else None
     loaded = load_model(args.model, args.quantization, args.dtype, device_map=device_map)
-    written = trace_dataset(
-        loaded, items, args.out, args.max_new_tokens, state.process_index, state.num_processes,
-        lens_norm=args.lens_norm, top_k=args.top_k, keep_hidden=args.keep_hidden,
+    run = trace_dataset(
+        loaded, items, args.out, args.max_new_tokens, source=source, overwrite=args.overwrite,
+        keep_going=args.keep_going, process_index=state.process_index,
+        num_processes=state.num_processes, **trace_kwargs,
     )  # fmt: skip
-    print(
-        f"[{state.process_index}/{state.num_processes}] wrote {len(written)} traces to {args.out}"
-    )
+    print(f"[{state.process_index}/{state.num_processes}] {run.summary()} in {args.out}")
+    if run.failed:
+        return 1
     return 0
 
 

@@ -17,7 +17,7 @@ import json
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -83,6 +83,58 @@ def _vocabulary(items: tuple[tuple[str, tuple[str, ...]], ...]) -> frozenset[str
     return frozenset(k for k, _ in items) | frozenset(w for _, ws in items for w in ws)
 
 
+def _is_words(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(w, str) for w in value)
+
+
+def _is_id(value: object) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and value.isdigit()
+    )
+
+
+def _bad_entry(path: Path, index: int, entry: object, problem: str) -> ValueError:
+    ident = entry.get("id") if isinstance(entry, dict) else None
+    return ValueError(
+        f"'{path}' entry {index} (id {ident!r}): {problem}. See docs/AMBER.md for the layout."
+    )
+
+
+def _check_queries(path: Path, entries: object) -> None:
+    if not isinstance(entries, list):
+        raise ValueError(f"'{path}' must hold a JSON list of queries.")
+    for i, q in enumerate(entries):
+        if not isinstance(q, dict):
+            raise _bad_entry(path, i, q, "a query must be an object with id, image, query")
+        for key in ("id", "image", "query"):
+            if key not in q:
+                raise _bad_entry(path, i, q, f"missing key '{key}'")
+        if not _is_id(q["id"]):
+            raise _bad_entry(path, i, q, "'id' must be an integer")
+        if not isinstance(q["image"], str) or not isinstance(q["query"], str):
+            raise _bad_entry(path, i, q, "'image' and 'query' must be strings")
+
+
+def _check_annotations(path: Path, entries: object) -> None:
+    if not isinstance(entries, list):
+        raise ValueError(f"'{path}' must hold a JSON list of annotations.")
+    for i, a in enumerate(entries):
+        if not isinstance(a, dict):
+            raise _bad_entry(path, i, a, "an annotation must be an object with id, type, truth")
+        for key in ("id", "type", "truth"):
+            if key not in a:
+                raise _bad_entry(path, i, a, f"missing key '{key}'")
+        if not _is_id(a["id"]):
+            raise _bad_entry(path, i, a, "'id' must be an integer")
+        if a["type"] == "generative":
+            for key in ("truth", "hallu"):
+                if key in a and not _is_words(a[key]):
+                    got = type(a[key]).__name__
+                    raise _bad_entry(path, i, a, f"'{key}' must be a list of words, not a {got}")
+        elif str(a["truth"]).lower() not in ("yes", "no"):
+            raise _bad_entry(path, i, a, f"'truth' of a {a['type']} question must be yes or no")
+
+
 def read_amber(root: str | Path, queries: str = "generative") -> AmberData:
     """Read an AMBER-layout folder.
 
@@ -95,7 +147,8 @@ def read_amber(root: str | Path, queries: str = "generative") -> AmberData:
 
     Raises:
         FileNotFoundError: a missing file (named).
-        ValueError: malformed JSON (file and line named), or query ids with no annotation.
+        ValueError: malformed JSON (file and line named), an entry that does not follow
+            AMBER's schema (file and entry named), or query ids with no annotation.
     """
     root = Path(root).expanduser()
     if queries not in QUERY_FILES:
@@ -110,10 +163,14 @@ def read_amber(root: str | Path, queries: str = "generative") -> AmberData:
     safe = frozenset(
         w.strip() for w in safe_path.read_text(encoding="utf-8").splitlines() if w.strip()
     )
-    if not isinstance(query_list, list) or not isinstance(annotation_list, list):
-        raise ValueError(f"'{data}': query files and annotations.json must hold JSON lists.")
-    if not isinstance(relation, dict):
-        raise ValueError(f"'{data / 'relation.json'}' must hold a JSON object.")
+    _check_queries(data / "query" / QUERY_FILES[queries], query_list)
+    _check_annotations(data / "annotations.json", annotation_list)
+    if not isinstance(relation, dict) or not all(
+        isinstance(k, str) and _is_words(v) for k, v in relation.items()
+    ):
+        raise ValueError(
+            f"'{data / 'relation.json'}' must hold a JSON object of word -> list of words."
+        )
     annotations = {int(a["id"]): a for a in annotation_list}
     missing = [q["id"] for q in query_list if int(q["id"]) not in annotations]
     if missing:
@@ -131,7 +188,7 @@ def read_amber(root: str | Path, queries: str = "generative") -> AmberData:
 class Item:
     """One thing to trace."""
 
-    id: str  # file stem in the store (AMBER id or image stem)
+    id: str  # its name in a trace store: the AMBER query id, or the image's file name
     image: Path
     prompt: str
 
@@ -160,10 +217,37 @@ def dataset_items(
         )
     if not prompt:
         raise ValueError("a folder of images needs a prompt: pass --prompt 'Describe this image.'")
-    return [Item(p.stem, p, prompt) for p in images]
+    # The file name, suffix included: cat.jpg and cat.png are two items.
+    return [Item(p.name, p, prompt) for p in images]
 
 
 # ---- the testbed world in AMBER's layout -------------------------------------------------
+
+
+#: File that marks a folder as written by :func:`export_amber` (and so safe to replace).
+EXPORT_MARKER = ".lvlm_kit_export.json"
+
+
+def export_settings(
+    n_images: int, seed: int, priors: tuple[Prior, ...], questions_per_image: int, probe: bool
+) -> dict:
+    """What :func:`export_amber` records in :data:`EXPORT_MARKER`: all the scenes depend on."""
+    return {
+        "n_images": n_images,
+        "seed": seed,
+        "priors": [asdict(p) for p in priors],
+        "questions_per_image": questions_per_image,
+        "probe": probe,
+    }
+
+
+def read_export_settings(root: str | Path) -> dict | None:
+    """The settings of an export at ``root``, or None when ``root`` is not one."""
+    marker = Path(root) / EXPORT_MARKER
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def export_amber(
@@ -178,7 +262,8 @@ def export_amber(
     """Write ``n_images`` fresh scenes as an AMBER-layout folder at ``root``.
 
     The folder is built next to ``root`` and renamed into place at the end, so an
-    interrupted export leaves nothing behind.
+    interrupted export leaves nothing behind. It holds :data:`EXPORT_MARKER` with its
+    settings; ``overwrite`` replaces only a folder carrying that marker, never anything else.
 
     Args:
         root: destination folder (must not exist unless ``overwrite``).
@@ -186,21 +271,33 @@ def export_amber(
         seed: seed of the scene draw.
         priors: planted priors applied while sampling (the training distribution).
         questions_per_image: existence questions per image (half present, half absent).
-        overwrite: replace an existing folder.
+        overwrite: replace an earlier export at ``root``.
         probe: draw planted-prior probe scenes instead: each holds a prior's A but not its
             B (priors taken in turn, none applied while sampling), where the trained model
             tends to hallucinate B.
 
     Returns:
         ``root``.
+
+    Raises:
+        FileExistsError: ``root`` exists and is not an export (whatever ``overwrite``
+            says), or is one and ``overwrite`` is False.
     """
     root = Path(root)
-    if root.exists() and not overwrite:
-        raise FileExistsError(f"'{root}' exists; pass overwrite=True or choose another folder.")
+    if root.exists():
+        if read_export_settings(root) is None:
+            raise FileExistsError(
+                f"'{root}' exists and was not written by export_amber (it has no "
+                f"{EXPORT_MARKER}); the kit never deletes it. Choose another folder."
+            )
+        if not overwrite:
+            raise FileExistsError(f"'{root}' exists; pass overwrite=True or choose another folder.")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
     try:
         _write(tmp, n_images, seed, priors, questions_per_image, probe)
+        settings = export_settings(n_images, seed, priors, questions_per_image, probe)
+        (tmp / EXPORT_MARKER).write_text(json.dumps(settings))
         if root.exists():
             shutil.rmtree(root)
         tmp.rename(root)
@@ -258,6 +355,27 @@ def _write(root: Path, n: int, seed: int, priors, per_image: int, probe: bool) -
     (root / "data" / "scenes.json").write_text(json.dumps([s.to_dict() for s in scenes]))
 
 
+def _read_vqa(path: Path) -> list[dict]:
+    if path.is_dir():
+        raise ValueError(
+            f'\'{path}\' is a folder; VQA needs a JSON file listing {{"image", "question", '
+            "\"answer\"} items (AMBER has no single-word VQA). Pass DATA='testbed' or such a file."
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"VQA file not found: '{path}'.")
+    items = _read_json(path)
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"'{path}' must hold a non-empty JSON list of VQA items.")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not all(
+            isinstance(item.get(k), str) for k in ("image", "question")
+        ):
+            raise ValueError(f"'{path}' item {i}: needs string 'image' and 'question' keys.")
+        out.append({**item, "image": str(path.parent / Path(item["image"]).expanduser())})
+    return out
+
+
 # ---- a notebook's DATA parameter ---------------------------------------------------------
 
 TESTBED_DATA = ("testbed", "testbed-probe")
@@ -266,8 +384,10 @@ TESTBED_DATA = ("testbed", "testbed-probe")
 def _data_root(data: str, output_dir: str | Path, n_images: int, seed: int) -> str:
     if data not in TESTBED_DATA:
         return data
-    root = Path(output_dir) / data.replace("-", "_")  # deterministic: rewritten every call
-    export_amber(root, n_images, seed, probe=data == "testbed-probe", overwrite=True)
+    root = Path(output_dir) / data.replace("-", "_")
+    probe = data == "testbed-probe"
+    if read_export_settings(root) != export_settings(n_images, seed, DEFAULT_PRIORS, 2, probe):
+        export_amber(root, n_images, seed, probe=probe, overwrite=True)
     return str(root)
 
 
@@ -310,11 +430,17 @@ def vqa_items(data: str, output_dir: str | Path, objects: list[str], per_questio
     """Single-word VQA items: ``{"image", "question", "answer"}``, ``per_question`` each.
 
     With ``data="testbed"`` the images are fresh scenes holding each object and the
-    question is "what colour is the {object}?"; otherwise ``data`` is a JSON file with such
-    a list (``answer`` optional).
+    question is "what colour is the {object}?"; otherwise ``data`` is a JSON file holding
+    such a list: ``[{"image": "path/to.jpg", "question": "what colour is the car?",
+    "answer": "red"}, ...]`` (``answer`` optional; relative image paths are taken from the
+    file's folder). AMBER has no single-word VQA questions, so an AMBER folder is refused.
+
+    Raises:
+        ValueError: ``data`` is a folder or not such a JSON list (the entry named).
+        FileNotFoundError: ``data`` does not exist.
     """
     if data not in TESTBED_DATA:
-        return json.loads(Path(data).read_text())
+        return _read_vqa(Path(data).expanduser())
     folder = Path(output_dir) / "vqa_images"
     folder.mkdir(parents=True, exist_ok=True)
     rng, out = random.Random(seed), []

@@ -39,6 +39,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """Raise ``OSError`` when no file can be created in ``folder`` (it tries one, and removes it).
+
+    A real write is the only reliable test: permission bits do not bind root, and a
+    read-only mount is not visible in them.
+    """
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def write_json(path: str | os.PathLike, value: Any) -> Path:
     """Write ``value`` as indented JSON to ``path``, atomically (numbers via ``float``)."""
     with atomic_path(path) as tmp:

@@ -34,6 +34,28 @@ def greedy_config(model: torch.nn.Module, max_new_tokens: int) -> GenerationConf
     return config
 
 
+def check_lengths(loaded: LoadedModel, prompt_length: int, max_new_tokens: int) -> None:
+    """Raise before generating when the prompt plus ``max_new_tokens`` exceed the context.
+
+    Raises:
+        ValueError: ``max_new_tokens`` below 1, or a total beyond the model's context length
+            (its config's ``max_position_embeddings``), naming both numbers.
+    """
+    if (
+        not isinstance(max_new_tokens, int)
+        or isinstance(max_new_tokens, bool)
+        or max_new_tokens < 1
+    ):
+        raise ValueError(f"max_new_tokens must be an int of at least 1, got {max_new_tokens!r}.")
+    limit = loaded.anatomy.max_positions
+    if limit is not None and prompt_length + max_new_tokens > limit:
+        raise ValueError(
+            f"the prompt ({prompt_length} tokens, image tokens included) plus max_new_tokens="
+            f"{max_new_tokens} exceed {loaded.name}'s context of {limit} tokens; use "
+            f"max_new_tokens <= {max(limit - prompt_length, 0)}."
+        )
+
+
 def generate_texts(
     loaded: LoadedModel,
     images: Sequence,
@@ -76,6 +98,7 @@ def generate_texts(
                 texts = [chat_prompt(loaded, p, True) for p in prompts[s : s + batch_size]]
                 pics = [load_image(im) for im in images[s : s + batch_size]]
                 batch = proc(images=pics, text=texts, return_tensors="pt", padding=True)
+                check_lengths(loaded, batch["input_ids"].shape[1], max_new_tokens)
                 batch = {
                     k: v.to(loaded.input_device, loaded.model.dtype)
                     if v.is_floating_point()

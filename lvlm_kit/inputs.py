@@ -36,6 +36,13 @@ def load_image(image: ImageLike) -> Image.Image:
         FileNotFoundError: the path does not exist.
         ValueError: the file is not an image, or the array/object cannot be one.
     """
+    rgb = _load(image)
+    if rgb.width == 0 or rgb.height == 0:
+        raise ValueError(f"the image has size {rgb.width}x{rgb.height}; pass a non-empty image.")
+    return rgb
+
+
+def _load(image: ImageLike) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         path = Path(image).expanduser()
         if not path.is_file():
@@ -62,16 +69,27 @@ def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
         arr = arr[:, :, 0]
     if arr.dtype == np.uint8:
         return arr
+    if arr.dtype == np.uint16:  # 16-bit images: 0..65535 onto 0..255
+        return (arr.astype(np.float64) / 257).round().astype(np.uint8)
     if np.issubdtype(arr.dtype, np.floating):
         if arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1):
             raise ValueError("float image arrays must lie in [0, 1]; scale them or pass uint8.")
         return (np.nan_to_num(arr) * 255).round().astype(np.uint8)
-    raise ValueError(f"image array dtype {arr.dtype} is not supported; use uint8 or float.")
+    raise ValueError(
+        f"image array dtype {arr.dtype} is not supported; use uint8, uint16 or float in [0, 1]."
+    )
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "RGB":
         return im.copy()
+    if im.mode.startswith("I;16") or im.mode == "I":
+        # 16-bit grayscale (PNG): PIL's convert("RGB") would clip every value above 255 to
+        # white; scale 0..65535 onto 0..255 instead.
+        arr = np.asarray(im).astype(np.float64)
+        return Image.fromarray((arr / 257).clip(0, 255).round().astype(np.uint8)).convert("RGB")
+    if im.mode == "F":
+        return _to_rgb(Image.fromarray(_array_to_uint8(np.asarray(im))))
     if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -29,6 +29,7 @@ _VISION_CLASSES = {
     "llava": "LlavaForConditionalGeneration",
     "llava_next": "LlavaNextForConditionalGeneration",
 }
+_HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only")
 QUANTIZATIONS: tuple[str | None, ...] = (None, "4bit", "8bit")
 
 #: Named shortcuts for models shipped in this repository.
@@ -81,8 +82,13 @@ class LoadedModel:
 def resolve_source(id_or_dir: str | Path) -> str:
     """Turn a shortcut, folder or hub id into what ``from_pretrained`` takes.
 
+    A name is a local folder when it exists on disk or starts with ``.``, ``/`` or ``~``;
+    every other name (``llava-hf/llava-1.5-7b-hf``, ``lmsys/vicuna-7b-v1.5``) is a hub id,
+    resolved by transformers from the cache or the hub.
+
     Raises:
-        FileNotFoundError: a path-like argument (or a shortcut) that does not exist.
+        FileNotFoundError: a path-like name that does not exist, a folder without
+            ``config.json``, or a shortcut whose model is missing.
     """
     key = str(id_or_dir)
     if key in SHORTCUTS:
@@ -94,15 +100,14 @@ def resolve_source(id_or_dir: str | Path) -> str:
             )
         return str(path)
     path = Path(key).expanduser()
-    if path.is_dir():
+    if path.exists():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
                 f"model folder '{path}' has no config.json; point at a folder written by "
                 "save_pretrained()."
             )
         return str(path)
-    looks_local = key.startswith((".", "/", "~")) or path.suffix or key.count("/") > 1
-    if looks_local:
+    if isinstance(id_or_dir, Path) or key.startswith((".", "/", "~")):
         raise FileNotFoundError(
             f"model folder '{path}' does not exist. Pass an existing folder, a hub id such as "
             f"'llava-hf/llava-1.5-7b-hf', or a shortcut: {sorted(SHORTCUTS)}."
@@ -152,10 +157,41 @@ def check_quantization_runs(quantization: str | None) -> None:
         )
 
 
+def check_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
+    """A dtype name of :data:`DTYPES` or one of its torch dtypes, as ``from_pretrained`` takes it.
+
+    Raises:
+        ValueError: any other value.
+    """
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(
+        f"dtype={dtype!r} is unknown; use one of {tuple(DTYPES)} or torch.float32 / "
+        "torch.bfloat16 / torch.float16."
+    )
+
+
+def check_device_map(device_map: str | dict | None) -> None:
+    """Raise one clear error when ``device_map`` asks for a GPU this machine lacks."""
+    values = device_map.values() if isinstance(device_map, dict) else [device_map]
+    wants_cuda = any(
+        (isinstance(v, int) and not isinstance(v, bool)) or str(v).startswith("cuda")
+        for v in values
+        if v is not None
+    )
+    if wants_cuda and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device_map={device_map!r} puts the model on a CUDA GPU, and this machine has "
+            "none. Use device_map=None or 'cpu' (in a notebook: DEVICE='auto' or 'cpu')."
+        )
+
+
 def load_model(
     id_or_dir: str | Path,
     quantization: str | None = None,
-    dtype: str = "auto",
+    dtype: str | torch.dtype = "auto",
     device_map: str | dict | None = None,
     **from_pretrained_kwargs: Any,
 ) -> LoadedModel:
@@ -165,7 +201,8 @@ def load_model(
         id_or_dir: hub id (``"llava-hf/llava-1.5-7b-hf"``), local folder, or shortcut
             (``"testbed"``).
         quantization: None, ``"4bit"`` or ``"8bit"`` (bitsandbytes, CUDA only).
-        dtype: ``"auto"`` (the checkpoint's), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        dtype: ``"auto"`` (the checkpoint's), ``"float32"``, ``"bfloat16"`` or ``"float16"``
+            (or the torch dtype itself).
         device_map: passed to accelerate (``"auto"``, ``"cpu"``, a dict...). None puts the
             whole model on the GPU if there is one, else the CPU. Quantized loads default
             to ``"auto"``.
@@ -177,20 +214,25 @@ def load_model(
     Raises:
         FileNotFoundError: a missing local folder or shortcut.
         ValueError: an unknown dtype or quantization.
-        RuntimeError: quantization requested where bitsandbytes cannot run.
+        RuntimeError: quantization requested where bitsandbytes cannot run, or a CUDA
+            ``device_map`` without a GPU.
         NotImplementedError: an unsupported architecture (before any weight is loaded).
         OSError: a hub id that cannot be found locally or downloaded.
     """
     import transformers
     from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is unknown; use one of {tuple(DTYPES)}.")
-    bnb = quantization_config(quantization, _compute_dtype(dtype))
+    torch_dtype = check_dtype(dtype)
+    bnb = quantization_config(
+        quantization, torch.bfloat16 if torch_dtype == "auto" else torch_dtype
+    )
     check_quantization_runs(quantization)
+    check_device_map(device_map)
     source = resolve_source(id_or_dir)
+    # Where to find the files: also for the config and the processor, not only the weights.
+    hub = {k: v for k, v in from_pretrained_kwargs.items() if k in _HUB_KWARGS}
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, **hub)
     except OSError as exc:
         raise OSError(
             f"could not load a model config for '{source}' from a local folder, the cache or "
@@ -202,7 +244,7 @@ def load_model(
         cls = getattr(transformers, _VISION_CLASSES[config.model_type])
     else:
         cls = transformers.AutoModelForCausalLM
-    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], **from_pretrained_kwargs}
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, **from_pretrained_kwargs}
     if bnb is not None:
         kwargs["quantization_config"] = bnb
         kwargs["device_map"] = device_map or "auto"
@@ -212,11 +254,8 @@ def load_model(
     if bnb is None and device_map is None:
         model.to("cuda" if torch.cuda.is_available() else "cpu")
     model.eval()
-    processor = (AutoProcessor if kind == "vision" else AutoTokenizer).from_pretrained(source)
+    processor = (AutoProcessor if kind == "vision" else AutoTokenizer).from_pretrained(
+        source, **hub
+    )
     anatomy = resolve_anatomy(model)
     return LoadedModel(model=model, processor=processor, anatomy=anatomy, name=str(id_or_dir))
-
-
-def _compute_dtype(dtype: str) -> torch.dtype:
-    value = DTYPES.get(dtype, "auto")
-    return torch.bfloat16 if value == "auto" else value

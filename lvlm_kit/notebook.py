@@ -1,4 +1,4 @@
-"""What every notebook does besides its analysis: start, show a figure, record its numbers.
+"""What every notebook does besides its analysis: check its parameters, start, show, record.
 
 Each notebook calls these with its ``parameters`` cell values, so the same notebook runs
 on the embedded testbed and, with ``-p MODEL llava-hf/llava-1.5-7b-hf -p DATA <AMBER>``, on
@@ -7,48 +7,127 @@ a real model. Data sources are in :mod:`lvlm_kit.data`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
 
+from .data import TESTBED_DATA
 from .files import write_json
-from .loading import REPO_ROOT, LoadedModel, load_model
+from .lens import NORM_POLICIES
+from .loading import DTYPES, QUANTIZATIONS, REPO_ROOT, LoadedModel, check_device_map, load_model
 from .plots import save_figure
 
 
-def load(model: str, quantization: str | None = None, device: str = "auto") -> LoadedModel:
-    """Load ``model``; ``device="auto"`` means the GPU if there is one, else the CPU."""
-    return load_model(model, quantization, device_map=None if device == "auto" else device)
+class ParameterError(ValueError):
+    """A notebook parameter with a value the notebook cannot use."""
 
 
-def start(
-    name: str,
-    model: str,
-    quantization: str | None,
-    device: str,
-    seed: int,
-    output_dir: str | Path | None,
-) -> tuple[Path, LoadedModel]:
-    """A notebook's first step: its output folder, the seed, and the model.
+def _positive_int(v: Any) -> bool:
+    return type(v) is int and v >= 1
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str) and bool(v.strip())
+
+
+def _texts(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(_text(x) for x in v)
+
+
+#: Parameter name -> (check, what a valid value is).
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "MODEL": (_text, "a hub id, a local folder or 'testbed'"),
+    "QUANTIZATION": (lambda v: v in QUANTIZATIONS, f"one of {QUANTIZATIONS}"),
+    "DEVICE": (
+        lambda v: isinstance(v, dict) or v in ("auto", "cpu") or str(v).startswith("cuda"),
+        "'auto', 'cpu', 'cuda', 'cuda:N' or an accelerate device map (dict)",
+    ),
+    "DTYPE": (lambda v: v in DTYPES, f"one of {tuple(DTYPES)}"),
+    "LENS_NORM": (lambda v: v in NORM_POLICIES, f"one of {NORM_POLICIES}"),
+    "DATA": (
+        lambda v: v in TESTBED_DATA or (isinstance(v, str) and Path(v).expanduser().exists()),
+        f"one of {TESTBED_DATA} or an existing folder or file",
+    ),
+    "PROMPT": (_text, "a non-empty instruction"),
+    "MAX_NEW_TOKENS": (_positive_int, "an int of at least 1"),
+    "N_IMAGES": (_positive_int, "an int of at least 1"),
+    "SEED": (lambda v: type(v) is int, "an int"),
+    "OUTPUT_DIR": (
+        lambda v: v is None or (isinstance(v, str) and not Path(v).expanduser().is_file()),
+        "None or a folder path (not a file)",
+    ),
+    "IMAGES_PER_QUESTION": (_positive_int, "an int of at least 1"),
+    "N_STAGE_IMAGES": (_positive_int, "an int of at least 1"),
+    "QUESTION_OBJECTS": (_texts, "a non-empty list of object words"),
+    "SKIP_KS": (
+        lambda v: isinstance(v, list) and bool(v) and all(_positive_int(k) for k in v),
+        "a non-empty list of ints of at least 1",
+    ),
+    "LLM_MODEL": (lambda v: v is None or _text(v), "None or a causal LM id / folder"),
+    "LLM_PROMPTS": (_texts, "a non-empty list of prompts"),
+}
+
+
+def check_parameters(parameters: dict[str, Any]) -> None:
+    """Check a notebook's parameters against :data:`RULES` before anything runs.
+
+    Raises:
+        ParameterError: the first bad one, named with its value and what it must be.
+    """
+    for name, value in parameters.items():
+        check, wanted = RULES[name]
+        if not check(value):
+            raise ParameterError(
+                f"parameter {name}={value!r} cannot be used: it must be {wanted}. Set it in the "
+                f"parameters cell, or with papermill: -p {name} VALUE."
+            )
+    if parameters.get("DEVICE") is not None:
+        check_device_map(None if parameters["DEVICE"] == "auto" else parameters["DEVICE"])
+
+
+def load(
+    model: str, quantization: str | None = None, device: str | dict = "auto", dtype: str = "auto"
+) -> LoadedModel:
+    """Load ``model`` for a notebook.
+
+    ``device="auto"`` means the GPU if there is one, else the CPU; ``dtype="auto"`` means the
+    checkpoint's dtype on a GPU and float32 on the CPU (half precision is slow and
+    imprecise there).
+    """
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if dtype == "auto" and on_cpu and quantization is None:
+        dtype = "float32"
+    device_map = None if device == "auto" else device
+    return load_model(model, quantization, dtype, device_map=device_map)
+
+
+def start(name: str, **parameters: Any) -> tuple[Path, LoadedModel]:
+    """A notebook's first step: check its parameters, make its output folder, load the model.
 
     Args:
         name: the notebook's name, e.g. ``"03_js_divergence"``.
-        model: hub id, local folder or ``"testbed"``.
-        quantization: None, ``"4bit"`` or ``"8bit"``.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or an accelerate device map.
-        seed: seeds torch (the testbed data take it separately).
-        output_dir: where figures and ``metrics.json`` go; None for
-            ``<repo>/outputs/<name>``.
+        **parameters: the notebook's parameters by their names in the parameters cell
+            (``MODEL``, ``QUANTIZATION``, ``DEVICE``, ``DTYPE``, ..., ``OUTPUT_DIR``).
 
     Returns:
-        ``(output_dir, loaded model)``.
+        ``(output folder, loaded model)``: the folder is ``OUTPUT_DIR``, or
+        ``<repo>/outputs/<name>`` when it is None.
+
+    Raises:
+        ParameterError: a parameter the notebook cannot use (before the model loads).
     """
-    out = Path(output_dir or REPO_ROOT / "outputs" / name)
+    check_parameters(parameters)
+    out = Path(parameters["OUTPUT_DIR"] or REPO_ROOT / "outputs" / name).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    lm = load(model, quantization, device)
-    print(f"{model}: {lm.anatomy.n_layers} decoder layers; outputs in {out}")
+    torch.manual_seed(parameters["SEED"])
+    lm = load(
+        parameters["MODEL"], parameters["QUANTIZATION"], parameters["DEVICE"], parameters["DTYPE"]
+    )
+    print(f"{parameters['MODEL']}: {lm.anatomy.n_layers} decoder layers, {lm.model.dtype}; "
+          f"outputs in {out}")  # fmt: skip
     return out, lm
 
 

@@ -29,9 +29,15 @@ def run_notebooks(
 
     Raises:
         FileNotFoundError: a name in ``only`` matches no notebook.
+        ValueError: ``parameters`` sets ``OUTPUT_DIR`` (each notebook gets its own folder).
     """
     import papermill as pm
 
+    if "OUTPUT_DIR" in (parameters or {}):
+        raise ValueError(
+            "OUTPUT_DIR is set per notebook (<output>/<notebook name>), so that no notebook "
+            "overwrites another's results; pass --output FOLDER instead of -p OUTPUT_DIR."
+        )
     notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     if only:
         unknown = set(only) - {nb.stem for nb in notebooks}

@@ -1,22 +1,192 @@
 """A trace store: one folder, one ``<item id>.safetensors`` Trace per dataset item.
 
 :func:`trace_dataset` fills a store (what ``lvlm-kit trace`` runs), :func:`evaluate_store`
-scores the generated texts in it against AMBER annotations (``lvlm-kit evaluate``). Each
-file is written atomically, so a file that exists is complete: a rerun skips finished
-items and a run killed at any moment (even ``kill -9``) resumes with nothing lost.
+scores the generated texts in it against AMBER annotations (``lvlm-kit evaluate``).
+
+What a store promises:
+
+- **Kill-safe.** Each trace is written atomically (a temporary file renamed into place), so
+  a file that exists is complete; a run killed at any moment (``kill -9`` included) leaves
+  no half file, and a rerun resumes.
+- **Settings are kept.** ``store.json`` records how the traces were made (model, dtype,
+  dataset, prompts, generation and lens settings) and every trace carries the digest of
+  those settings. A rerun with other settings is refused (unless ``overwrite``, which
+  re-traces every item whose digest differs, and can itself be resumed).
+- **Concurrent runs share the work.** Before tracing an item a run claims it with a
+  ``.<id>.claim`` file; other runs skip items claimed by a live process, and only a claim
+  or temporary file left by a dead process is removed.
+- **A bad item does not block the rest** with ``keep_going``: its error is recorded in
+  ``<id>.error.json`` (removed once the item succeeds), the run goes on and reports the
+  failures at the end.
+- **Traces know their source.** Each records its image's SHA-256; :func:`evaluate_store`
+  refuses to score traces against a dataset whose images differ.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import socket
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from .data import Item, read_amber
+from .files import check_writable, write_json
 from .hallucination import score_discriminative, score_generative
 from .loading import LoadedModel
-from .trace import Trace, trace
+from .trace import Trace, TraceFileError, trace
+
+SETTINGS_FILE = "store.json"
+
+
+class StoreError(ValueError):
+    """A store that cannot be used as asked (other settings, another dataset, read-only)."""
+
+
+def store_settings(
+    model: str,
+    model_dtype: str | None,
+    items: Sequence[Item],
+    source: str,
+    max_new_tokens: int,
+    **trace_kwargs: Any,
+) -> dict[str, Any]:
+    """Everything a store's traces depend on, as recorded in ``store.json``.
+
+    ``model_dtype`` None leaves it out: the settings known before the model is loaded,
+    which :func:`check_settings` can compare early.
+    """
+    dtype = {} if model_dtype is None else {"model_dtype": model_dtype}
+    return {
+        "model": model,
+        **dtype,
+        "source": source,
+        "prompts": sorted({it.prompt for it in items}),
+        "max_new_tokens": max_new_tokens,
+        **{k: trace_kwargs[k] for k in sorted(trace_kwargs)},
+    }
+
+
+def digest(settings: dict[str, Any]) -> str:
+    """Short stable hash of a settings dict."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_settings(
+    out: str | Path, settings: dict[str, Any], overwrite: bool, record: bool = True
+) -> None:
+    """Refuse a store made with other settings unless ``overwrite``; record the settings.
+
+    Args:
+        out: the store folder.
+        settings: from :func:`store_settings`; only its keys are compared.
+        overwrite: accept other settings (their traces will be re-made).
+        record: write ``settings`` to ``store.json``.
+
+    Raises:
+        StoreError: ``store.json`` differs and ``overwrite`` is False (the differences named).
+    """
+    path = Path(out) / SETTINGS_FILE
+    new = json.loads(json.dumps(settings, default=str))
+    if path.is_file() and not overwrite:
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+        if any(old.get(k) != v for k, v in new.items()):
+            keys = sorted(k for k in new if old.get(k) != new.get(k))
+            changes = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in keys)
+            raise StoreError(
+                f"'{out}' holds traces made with other settings ({changes}). Use another --out "
+                "folder, or pass --overwrite (overwrite=True) to re-trace them."
+            )
+    if record:
+        write_json(path, new)
+
+
+def _alive(claim: Path) -> bool:
+    """Whether the process that wrote ``claim`` still runs.
+
+    A claim from another host counts as alive (its process cannot be checked from here), and
+    so does an unreadable one younger than a few seconds (its writer may not have finished).
+    """
+    try:
+        owner = json.loads(claim.read_text())
+        pid, host = int(owner["pid"]), owner["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        try:
+            return time.time() - claim.stat().st_mtime < 10
+        except OSError:
+            return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim(out: Path, item_id: str) -> Path | None:
+    """Claim an item for this process; None when a live process holds it."""
+    claim = out / f".{item_id}.claim"
+    for _ in range(2):
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _alive(claim):
+                return None
+            claim.unlink(missing_ok=True)  # left by a dead process
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+        for stale in out.glob(f".{item_id}.safetensors.*.tmp"):  # a dead writer's temp file
+            stale.unlink(missing_ok=True)
+        return claim
+    return None
+
+
+def _done(path: Path, settings_digest: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        return Trace.read_meta(path).get("settings_digest") == settings_digest
+    except TraceFileError:
+        return False
+
+
+@dataclass
+class StoreRun:
+    """What one :func:`trace_dataset` call did."""
+
+    written: list[Path] = field(default_factory=list)  # traces written by this call
+    done: int = 0  # items already finished with the same settings
+    elsewhere: list[str] = field(default_factory=list)  # items claimed by another live run
+    failed: dict[str, str] = field(default_factory=dict)  # item id -> error (keep_going)
+
+    def summary(self) -> str:
+        """One line per outcome."""
+        lines = [f"wrote {len(self.written)} traces; {self.done} already done"]
+        if self.elsewhere:
+            lines.append(f"{len(self.elsewhere)} in progress in another run: {self.elsewhere[:5]}")
+        if self.failed:
+            shown = "; ".join(f"{k}: {v}" for k, v in list(self.failed.items())[:5])
+            lines.append(f"{len(self.failed)} FAILED (see <id>.error.json): {shown}")
+        return "\n".join(lines)
 
 
 def trace_dataset(
@@ -24,64 +194,124 @@ def trace_dataset(
     items: Sequence[Item],
     out: str | Path,
     max_new_tokens: int = 64,
+    *,
+    source: str = "",
+    overwrite: bool = False,
+    keep_going: bool = False,
     process_index: int = 0,
     num_processes: int = 1,
     progress: bool = True,
-    **trace_kwargs,
-) -> list[Path]:
-    """Trace this process's share of ``items`` into ``out``; finished items are skipped.
+    **trace_kwargs: Any,
+) -> StoreRun:
+    """Trace this process's share of ``items`` into the store ``out`` (see the module docs).
 
     Args:
         loaded: the model.
         items: everything to trace (each process takes every ``num_processes``-th item).
         out: the store folder.
         max_new_tokens: generation limit.
+        source: the dataset's location, recorded in the settings.
+        overwrite: re-trace items made with other settings instead of refusing.
+        keep_going: record an item's error and go on (else the first error is raised).
         process_index: this process's rank.
         num_processes: how many processes share the items.
         progress: show a progress bar.
-        **trace_kwargs: forwarded to :func:`~lvlm_kit.trace.trace`.
+        **trace_kwargs: forwarded to :func:`~lvlm_kit.trace.trace` (JSON-able values).
 
     Returns:
-        Paths of the items written by this call.
+        A :class:`StoreRun`.
+
+    Raises:
+        StoreError: the store holds traces made with other settings (and not ``overwrite``).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    settings = store_settings(
+        loaded.name, str(loaded.model.dtype), items, source, max_new_tokens, **trace_kwargs
+    )
+    check_settings(out, settings, overwrite)
+    key = digest(settings)
+    for tmp in out.glob(".*.safetensors.*.tmp"):  # temp files of dead writers only
+        item_id = tmp.name[1:].split(".safetensors.")[0]
+        claim = out / f".{item_id}.claim"
+        if not (claim.exists() and _alive(claim)):
+            tmp.unlink(missing_ok=True)
+    run = StoreRun()
     mine = list(items)[process_index::num_processes]
-    for item in mine:  # temp files of a killed earlier run (only this process's items)
-        for stale in out.glob(f".{item.id}.safetensors.*.tmp"):
-            stale.unlink(missing_ok=True)
-    todo = [it for it in mine if not (out / f"{it.id}.safetensors").is_file()]
-    written = []
-    bar = tqdm(todo, desc=f"trace [{process_index}]", position=process_index, disable=not progress)
+    bar = tqdm(mine, desc=f"trace [{process_index}]", position=process_index, disable=not progress)
     for item in bar:
-        tr = trace(loaded, item.image, item.prompt, max_new_tokens, **trace_kwargs)
-        tr.meta.update(item_id=item.id, image=str(item.image))
-        written.append(tr.save(out / f"{item.id}.safetensors"))
-    return written
+        path, error = out / f"{item.id}.safetensors", out / f"{item.id}.error.json"
+        if _done(path, key):
+            run.done += 1
+            continue
+        claim = _claim(out, item.id)
+        if claim is None:
+            run.elsewhere.append(item.id)
+            continue
+        try:
+            tr = trace(loaded, item.image, item.prompt, max_new_tokens, **trace_kwargs)
+            tr.meta.update(
+                item_id=item.id, image=str(item.image), image_sha256=file_sha256(item.image),
+                settings_digest=key,
+            )  # fmt: skip
+            run.written.append(tr.save(path))
+            error.unlink(missing_ok=True)
+        except Exception as exc:
+            if not keep_going:
+                raise
+            message = f"{exc.__class__.__name__}: {exc}"
+            run.failed[item.id] = message
+            write_json(error, {"id": item.id, "image": str(item.image), "error": message})
+        finally:
+            claim.unlink(missing_ok=True)
+    return run
 
 
 def evaluate_store(store: str | Path, data: str | Path, queries: str = "generative") -> dict:
     """Score a trace store's generated texts against AMBER annotations.
 
+    Every trace must come from the same image as the dataset's item of the same id (its
+    recorded SHA-256 is checked). The store must be writable: the scores are saved there.
+
     Returns:
         Generative metrics (CHAIR, Cover, Hal, Cog) or discriminative ones, with counts.
+
+    Raises:
+        FileNotFoundError: no traces in ``store``.
+        StoreError: a read-only store, or traces of other images than ``data``'s.
+        ValueError: no trace matches a query of ``data``.
     """
     store = Path(store)
     paths = sorted(store.glob("*.safetensors"))
     if not paths:
         raise FileNotFoundError(f"no traces in '{store}'; run `lvlm-kit trace` first.")
+    try:
+        check_writable(store)
+    except OSError as exc:
+        raise StoreError(
+            f"'{store}' cannot be written ({exc.strerror or exc}); the scores are saved there. "
+            "Make it writable, or copy the store somewhere writable."
+        ) from None
     amber = read_amber(data, queries)
-    wanted = {str(q["id"]) for q in amber.queries}
-    responses = [
-        {"id": int(p.stem), "response": Trace.load(p).generated_text}
-        for p in paths
-        if p.stem in wanted
-    ]
-    if not responses:
+    by_id = {str(q["id"]): q for q in amber.queries}
+    traces = {p.stem: Trace.load(p) for p in paths if p.stem in by_id}
+    if not traces:
         raise ValueError(f"no trace in '{store}' matches a {queries} query of '{data}'.")
+    other = [
+        i
+        for i, tr in traces.items()
+        if tr.meta.get("image_sha256") != file_sha256(amber.image_path(by_id[i]))
+    ]
+    if other:
+        raise StoreError(
+            f"{len(other)} traces in '{store}' were made from other images than '{data}' holds "
+            f"for the same ids (first: {other[:5]}); score the store against the dataset it "
+            "was traced from."
+        )
+    responses = [{"id": int(i), "response": tr.generated_text} for i, tr in traces.items()]
     if queries == "generative":
         scores = score_generative(responses, amber).as_dict()
     else:
         scores = score_discriminative(responses, amber)
-    scores["n_missing"] = len(wanted) - len(responses)
+    scores["n_missing"] = len(by_id) - len(responses)
     return scores

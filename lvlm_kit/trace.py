@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 
 from .divergence import entropy, js_divergence, js_divergence_dola
 from .files import atomic_path
-from .generation import greedy_config
+from .generation import check_lengths, greedy_config
 from .inputs import ImageLike, prepare_inputs
 from .lens import Lens, NormPolicy, check_norm_policy
 from .loading import LoadedModel
@@ -153,6 +153,24 @@ class Trace:
             save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(header)})
         return path
 
+    @staticmethod
+    def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+        """The ``meta`` dict of a saved trace, without reading its arrays.
+
+        Raises:
+            TraceFileError: not a readable trace file.
+        """
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {})[_META_KEY]).get("meta", {})
+        except Exception as exc:
+            raise TraceFileError(
+                f"'{path}' is not a readable lvlm_kit trace ({exc.__class__.__name__}: {exc})."
+            ) from None
+        return meta if isinstance(meta, dict) else {}
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> Trace:
         """Read a file written by :meth:`save`.
@@ -175,9 +193,32 @@ class Trace:
                 f"'{path}' is not a readable lvlm_kit trace (truncated or corrupt: "
                 f"{exc.__class__.__name__}: {exc}). Delete it and re-run trace(...).save()."
             ) from None
+        if not isinstance(header, dict):
+            raise TraceFileError(
+                f"'{path}' has a damaged header (not a JSON object); re-create it."
+            )
         if header.pop("format", None) != FORMAT:
             raise TraceFileError(f"'{path}' was not written by this version ({FORMAT}).")
-        header["vocab"] = {int(k): v for k, v in header["vocab"].items()}
+        names = {f.name for f in fields(cls)} - set(cls._TENSORS)
+        required = {
+            f.name
+            for f in fields(cls)
+            if f.name in names and f.default is MISSING and f.default_factory is MISSING
+        }
+        unknown, missing = sorted(set(header) - names), sorted(required - set(header))
+        if unknown:
+            raise TraceFileError(
+                f"'{path}' has header fields {unknown} that this lvlm_kit does not know: it was "
+                "written by a newer version. Upgrade lvlm-kit, or re-create the trace."
+            )
+        if missing:
+            raise TraceFileError(f"'{path}' has a damaged header: {missing} missing; re-create it.")
+        try:
+            header["vocab"] = {int(k): v for k, v in header["vocab"].items()}
+        except (AttributeError, TypeError, ValueError):
+            raise TraceFileError(
+                f"'{path}' has a damaged vocab in its header; re-create it."
+            ) from None
         missing = [n for n in cls._TENSORS[:9] if n not in tensors]
         if missing:
             raise TraceFileError(f"'{path}' lacks arrays {missing}; re-create it.")
@@ -194,6 +235,13 @@ def _watch_ids(tokenizer: Any, watch: Sequence[int | str], vocab_size: int) -> t
             pieces = tokenizer.encode(item, add_special_tokens=False)
             if not pieces:
                 raise ValueError(f"watch word {item!r} encodes to no token.")
+            unk = getattr(tokenizer, "unk_token_id", None)
+            if unk is not None and pieces[0] == unk:
+                raise ValueError(
+                    f"watch word {item!r} is not in the model's vocabulary (it encodes to the "
+                    f"unknown token {tokenizer.unk_token!r}); watch a word the model knows, or "
+                    "pass a token id."
+                )
             item = pieces[0]
         if not 0 <= int(item) < vocab_size:
             raise ValueError(f"watch id {item} is outside the vocabulary (0..{vocab_size - 1}).")
@@ -307,11 +355,14 @@ def trace(
         The :class:`Trace`.
     """
     check_norm_policy(lens_norm)
-    if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be at least 1.")
-    if top_k < 1:
-        raise ValueError("top_k must be at least 1.")
+    check_lengths(loaded, 0, max_new_tokens)
+    vocab_size = loaded.anatomy.vocab_size
+    if not isinstance(top_k, int) or not 1 <= top_k <= vocab_size:
+        raise ValueError(
+            f"top_k must be an int in 1..{vocab_size} (the vocabulary), got {top_k!r}."
+        )
     inputs, prompt_text = prepare_inputs(loaded, image, prompt)
+    check_lengths(loaded, int(inputs["input_ids"].shape[1]), max_new_tokens)
     lens = loaded.lens(lens_norm)
     watch_ids = _watch_ids(loaded.tokenizer, watch, lens.vocab_size) if watch else None
     with (

@@ -37,18 +37,18 @@ if "google.colab" in sys.modules:
 MODEL = "testbed"  # hub id (llava-hf/llava-1.5-7b-hf), local folder, or "testbed"
 QUANTIZATION = None  # None, "4bit" or "8bit" (bitsandbytes, CUDA only)
 DEVICE = "auto"  # "auto" (GPU if any), "cpu", "cuda", or an accelerate device map
+DTYPE = "auto"  # "auto": float32 on the CPU, the checkpoint's on a GPU; or "bfloat16", ...
 LENS_NORM = "final_norm"  # "final_norm" (default) or "raw" (the paper authors' code)
-DATA = "testbed"  # "testbed", an AMBER-layout folder, or a folder of images
+DATA = "testbed-probe"  # planted-prior probe scenes (testbed), or an AMBER-layout folder
 PROMPT = "Please describe this image in detail."
 MAX_NEW_TOKENS = 48
 N_IMAGES = 8
 SEED = 0
 OUTPUT_DIR = None  # default: <repo>/outputs/02_hallucination_trajectories
-DATA = "testbed-probe"  # planted-prior probe scenes on the testbed
 
 
 # %% [markdown]
-# Load the model named by `MODEL` (the embedded testbed by default) and make the output folder; figures and `metrics.json` are written there.
+# Check the parameters (a bad value stops here, before anything loads), load the model named by `MODEL` (the embedded testbed by default) and make the output folder; figures and `metrics.json` are written there.
 
 # %%
 import torch
@@ -56,7 +56,18 @@ import torch
 from lvlm_kit import data, notebook, plots, trace
 
 OUTPUT_DIR, lm = notebook.start(
-    "02_hallucination_trajectories", MODEL, QUANTIZATION, DEVICE, SEED, OUTPUT_DIR
+    "02_hallucination_trajectories",
+    MODEL=MODEL,
+    QUANTIZATION=QUANTIZATION,
+    DEVICE=DEVICE,
+    DTYPE=DTYPE,
+    LENS_NORM=LENS_NORM,
+    DATA=DATA,
+    PROMPT=PROMPT,
+    MAX_NEW_TOKENS=MAX_NEW_TOKENS,
+    N_IMAGES=N_IMAGES,
+    SEED=SEED,
+    OUTPUT_DIR=OUTPUT_DIR,
 )
 
 

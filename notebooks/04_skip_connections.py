@@ -36,6 +36,7 @@ if "google.colab" in sys.modules:
 MODEL = "testbed"  # hub id (llava-hf/llava-1.5-7b-hf), local folder, or "testbed"
 QUANTIZATION = None  # None, "4bit" or "8bit" (bitsandbytes, CUDA only)
 DEVICE = "auto"  # "auto" (GPU if any), "cpu", "cuda", or an accelerate device map
+DTYPE = "auto"  # "auto": float32 on the CPU, the checkpoint's on a GPU; or "bfloat16", ...
 LENS_NORM = "final_norm"  # "final_norm" (default) or "raw" (the paper authors' code)
 DATA = "testbed"  # "testbed", an AMBER-layout folder, or a folder of images
 PROMPT = "Please describe this image in detail."
@@ -45,7 +46,7 @@ SEED = 0
 OUTPUT_DIR = None  # default: <repo>/outputs/04_skip_connections
 
 # %% [markdown]
-# Load the model named by `MODEL` (the embedded testbed by default) and make the output folder; figures and `metrics.json` are written there.
+# Check the parameters (a bad value stops here, before anything loads), load the model named by `MODEL` (the embedded testbed by default) and make the output folder; figures and `metrics.json` are written there.
 
 # %%
 import torch
@@ -53,7 +54,18 @@ import torch
 from lvlm_kit import data, notebook, plots, trace
 
 OUTPUT_DIR, lm = notebook.start(
-    "04_skip_connections", MODEL, QUANTIZATION, DEVICE, SEED, OUTPUT_DIR
+    "04_skip_connections",
+    MODEL=MODEL,
+    QUANTIZATION=QUANTIZATION,
+    DEVICE=DEVICE,
+    DTYPE=DTYPE,
+    LENS_NORM=LENS_NORM,
+    DATA=DATA,
+    PROMPT=PROMPT,
+    MAX_NEW_TOKENS=MAX_NEW_TOKENS,
+    N_IMAGES=N_IMAGES,
+    SEED=SEED,
+    OUTPUT_DIR=OUTPUT_DIR,
 )
 
 # %% [markdown]

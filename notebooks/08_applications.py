@@ -37,6 +37,7 @@ if "google.colab" in sys.modules:
 MODEL = "testbed"  # hub id (llava-hf/llava-1.5-7b-hf), local folder, or "testbed"
 QUANTIZATION = None  # None, "4bit" or "8bit" (bitsandbytes, CUDA only)
 DEVICE = "auto"  # "auto" (GPU if any), "cpu", "cuda", or an accelerate device map
+DTYPE = "auto"  # "auto": float32 on the CPU, the checkpoint's on a GPU; or "bfloat16", ...
 LENS_NORM = "final_norm"  # "final_norm" (default) or "raw" (the paper authors' code)
 DATA = "testbed"  # "testbed", an AMBER-layout folder, or a folder of images
 PROMPT = "Please describe this image in detail."
@@ -49,14 +50,29 @@ SKIP_KS = [1, 2, 3]
 
 
 # %% [markdown]
-# Load the model named by `MODEL` (the embedded testbed by default) and make the output folder; figures and `metrics.json` are written there.
+# Check the parameters (a bad value stops here, before anything loads), load the model named by `MODEL` (the embedded testbed by default) and make the output folder; figures and `metrics.json` are written there.
 
 # %%
 import torch
 
 from lvlm_kit import data, notebook, plots, trace
 
-OUTPUT_DIR, lm = notebook.start("08_applications", MODEL, QUANTIZATION, DEVICE, SEED, OUTPUT_DIR)
+OUTPUT_DIR, lm = notebook.start(
+    "08_applications",
+    MODEL=MODEL,
+    QUANTIZATION=QUANTIZATION,
+    DEVICE=DEVICE,
+    DTYPE=DTYPE,
+    LENS_NORM=LENS_NORM,
+    DATA=DATA,
+    PROMPT=PROMPT,
+    MAX_NEW_TOKENS=MAX_NEW_TOKENS,
+    N_IMAGES=N_IMAGES,
+    SEED=SEED,
+    OUTPUT_DIR=OUTPUT_DIR,
+    N_STAGE_IMAGES=N_STAGE_IMAGES,
+    SKIP_KS=SKIP_KS,
+)
 
 
 # %% [markdown]
@@ -68,7 +84,7 @@ from tqdm.auto import tqdm
 
 from lvlm_kit.stages import detect_stages, token_kind
 
-from lvlm_kit.applications import compare_decoding, compression_sweep
+from lvlm_kit.applications import compare_decoding, compression_sweep, stable_layers_by_js
 
 amber = data.resolve_amber(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 questions = data.resolve_amber(DATA, OUTPUT_DIR, N_IMAGES, SEED, queries="discriminative")
@@ -82,8 +98,16 @@ print(f"critical layer {st.critical_layer}, mutation layers {st.mutation_layers}
 # %% [markdown]
 # ## 2. Compression: skip the most stable layers
 
+# %% [markdown]
+# The stabilisation stage bounds how many layers can be skipped: when the detected stages
+# leave fewer stable layers than `SKIP_KS` asks for, the sweep stops at what there is.
+
 # %%
-points = compression_sweep(lm, amber, st, SKIP_KS, questions, MAX_NEW_TOKENS)
+n_stable = len(stable_layers_by_js(st))
+ks = [k for k in SKIP_KS if k <= n_stable]
+if ks != SKIP_KS:
+    print(f"The stages leave {n_stable} stable layers to skip: SKIP_KS {SKIP_KS} -> {ks}.")
+points = compression_sweep(lm, amber, st, ks, questions, MAX_NEW_TOKENS)
 notebook.show(plots.sweep_plot(points), OUTPUT_DIR, "compression_sweep")
 pd.DataFrame([p.__dict__ for p in points])
 

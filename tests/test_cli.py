@@ -31,11 +31,11 @@ def test_trace_resume_and_evaluate(saved_llava, amber, tmp_path, capsys):
     args = ["trace", "--model", saved_llava, "--data", amber, "--out", store, "--max-new-tokens", 4]
     assert main(list(map(str, args))) == 0
     files = sorted(p.name for p in store.iterdir())
-    assert files == [f"{i}.safetensors" for i in range(1, 7)]
+    assert files == [f"{i}.safetensors" for i in range(1, 7)] + ["store.json"]
     stamp = (store / "1.safetensors").stat().st_mtime_ns
     main(list(map(str, args)))  # everything done: nothing rewritten
     assert (store / "1.safetensors").stat().st_mtime_ns == stamp
-    assert "wrote 0 traces" in capsys.readouterr().out
+    assert "wrote 0 traces; 6 already done" in capsys.readouterr().out
     tr = Trace.load(store / "3.safetensors")
     assert tr.meta["item_id"] == "3" and tr.prompt == "Describe this image." and tr.n_tokens == 4
     assert main(["evaluate", "--store", str(store), "--data", str(amber)]) == 0
@@ -60,8 +60,9 @@ def test_kill_9_then_resume(saved_llava, amber, tmp_path):
     done_before = {p.name for p in store.glob("*.safetensors")}
     assert 1 <= len(done_before) < 6
     subprocess.run(args, env=ENV, check=True, capture_output=True, timeout=300)
-    assert sorted(p.name for p in store.iterdir()) == [f"{i}.safetensors" for i in range(1, 7)]
-    for p in store.iterdir():
+    names = sorted(p.name for p in store.iterdir())  # no claim or temp file is left
+    assert names == [f"{i}.safetensors" for i in range(1, 7)] + ["store.json"]
+    for p in store.glob("*.safetensors"):
         assert Trace.load(p).n_tokens >= 1
 
 
@@ -105,7 +106,7 @@ def test_image_folder_needs_a_prompt(tmp_path):
     with pytest.raises(ValueError, match="needs a prompt: pass --prompt"):
         dataset_items(tmp_path)
     items = dataset_items(tmp_path, "Describe.")
-    assert [(i.id, i.image.name) for i in items] == [("a", "a.jpg"), ("b", "b.png")]
+    assert [(i.id, i.image.name) for i in items] == [("a.jpg", "a.jpg"), ("b.png", "b.png")]
     with pytest.raises(FileNotFoundError, match="dataset folder not found"):
         dataset_items(tmp_path / "nope")
 

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -76,3 +77,75 @@ def test_shortcut(monkeypatch, saved_llava, tmp_path):
         load_model("testbed")
     monkeypatch.setitem(loading_mod.SHORTCUTS, "testbed", saved_llava)
     assert load_model("testbed").name == "testbed"
+
+
+def fill_hub_cache(cache, repo_id: str, folder) -> None:
+    """Put ``folder``'s files in a Hugging Face cache (HF_HUB_CACHE layout) as ``repo_id``."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+HUB_IDS = ["llava-hf/llava-1.5-7b-hf", "llava-hf/llava-v1.6-mistral-7b-hf", "lmsys/vicuna-7b-v1.5"]
+
+
+def test_hub_ids_with_dots_load_from_the_cache(saved_llava, saved_llama, tmp_path):
+    import subprocess
+    import sys
+
+    from transformers import Qwen2_5_VLConfig
+
+    cache = tmp_path / "hub"
+    fill_hub_cache(cache, HUB_IDS[0], saved_llava)
+    fill_hub_cache(cache, HUB_IDS[1], saved_llava)
+    fill_hub_cache(cache, HUB_IDS[2], saved_llama)
+    qwen = tmp_path / "qwen"
+    Qwen2_5_VLConfig().save_pretrained(qwen)
+    fill_hub_cache(cache, "Qwen/Qwen2.5-VL-7B-Instruct", qwen)
+    script = f"""
+from lvlm_kit import load_model
+for name in {HUB_IDS!r}:
+    lm = load_model(name)
+    print(name, lm.anatomy.model_type, lm.anatomy.n_layers, lm.name)
+try:
+    load_model("Qwen/Qwen2.5-VL-7B-Instruct")
+except NotImplementedError as exc:
+    print("qwen:", exc)
+"""
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert lines[:3] == [
+        "llava-hf/llava-1.5-7b-hf llava 4 llava-hf/llava-1.5-7b-hf",
+        "llava-hf/llava-v1.6-mistral-7b-hf llava 4 llava-hf/llava-v1.6-mistral-7b-hf",
+        "lmsys/vicuna-7b-v1.5 llama 4 lmsys/vicuna-7b-v1.5",
+    ]
+    # The config was found in the cache: the refusal names the architecture, not a folder.
+    assert lines[3].startswith("qwen: Architecture model_type='qwen2_5_vl' is not supported")
+
+
+def test_paths_that_look_local_are_never_hub_ids(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("./llava-1.5", "/no/such/folder", "~/no-such-model-folder", tmp_path / "x.y"):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            loading_mod.resolve_source(name)
+    assert loading_mod.resolve_source("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"
+    (tmp_path / "org" / "m.v1").mkdir(parents=True)  # an existing folder wins over a hub id
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        loading_mod.resolve_source("org/m.v1")
+
+
+def test_dtype_objects_and_a_gpu_device_map_without_gpu(saved_llama):
+    loaded = load_model(str(saved_llama), dtype=torch.bfloat16)
+    assert loaded.model.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match=r"dtype=torch.int8 is unknown"):
+        load_model(str(saved_llama), dtype=torch.int8)
+    if not torch.cuda.is_available():
+        for device_map in ("cuda", "cuda:1", {"": 0}):
+            with pytest.raises(RuntimeError, match="CUDA GPU, and this machine has none"):
+                load_model(str(saved_llama), device_map=device_map)

@@ -10,8 +10,8 @@ import pytest
 
 HERE = Path(__file__).parent.parent / "notebooks"
 NOTEBOOKS = sorted(HERE.glob("[0-9][0-9]_*.ipynb"))
-REQUIRED = ["MODEL", "QUANTIZATION", "DEVICE", "LENS_NORM", "DATA", "PROMPT", "MAX_NEW_TOKENS",
-            "N_IMAGES", "SEED", "OUTPUT_DIR"]  # fmt: skip
+REQUIRED = ["MODEL", "QUANTIZATION", "DEVICE", "DTYPE", "LENS_NORM", "DATA", "PROMPT",
+            "MAX_NEW_TOKENS", "N_IMAGES", "SEED", "OUTPUT_DIR"]  # fmt: skip
 
 
 def cells(nb) -> list[tuple[str, str, list]]:
@@ -46,10 +46,17 @@ def test_notebook_follows_the_template(path):
     params = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1, "exactly one cell tagged `parameters` (papermill)"
     body = ast.parse(params[0].source).body
-    assert [t.id for node in body for t in node.targets][: len(REQUIRED)] == REQUIRED
+    names = [t.id for node in body for t in node.targets]
+    assert names[: len(REQUIRED)] == REQUIRED
     for node in body:  # plain values only
         ast.literal_eval(node.value)
-    assert "notebook.start(" in cells[cells.index(params[0]) + 2].source
+    # The cell after the parameters' explanation checks every parameter, before the model loads.
+    start = cells[cells.index(params[0]) + 2].source
+    call = next(
+        n for n in ast.walk(ast.parse(start))
+        if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "start"
+    )  # fmt: skip
+    assert [k.arg for k in call.keywords] == names
     assert "notebook.record(" in cells[-1].source
     for cell in cells:
         if cell.cell_type == "code":
