@@ -33,7 +33,7 @@ from transformers import LogitsProcessor
 from .data import AmberData
 from .divergence import js_divergence
 from .generation import generate_texts
-from .hallucination import score_discriminative, score_generative
+from .hallucination import answer_correct, score_discriminative, score_generative
 from .loading import LoadedModel
 from .stages import Stages, skip_preset
 from .surgery import LayerTap
@@ -136,6 +136,7 @@ class SweepPoint:
     chair: float
     hal: float
     existence_accuracy: float | None  # discriminative accuracy (None without questions)
+    existence_correct: dict[str, list[bool]] | None  # image file -> its answers, correct or not
     tokens_per_second: float
     speedup: float  # vs k = 0
     ideal_speedup: float  # L / (L - k), decoder compute only
@@ -184,16 +185,20 @@ def compression_sweep(
         speed = n_tokens / seconds
         base_speed = base_speed or speed
         score = score_generative(answers, generative)
-        accuracy = None
+        accuracy, correct = None, None
         if discriminative is not None:
             replies = _answer(
                 discriminative, discriminative.queries, 3, loaded=loaded, skip=skipped,
                 batch_size=batch_size, progress=False,
             )  # fmt: skip
             accuracy = score_discriminative(replies, discriminative)["accuracy"]
+            correct = {}
+            for q, ok in zip(discriminative.queries, answer_correct(replies, discriminative)):
+                correct.setdefault(q["image"], []).append(ok)
         points.append(SweepPoint(
             k=k, skipped=skipped, object_precision=1 - score.chair, object_recall=score.cover,
             chair=score.chair, hal=score.hal, existence_accuracy=accuracy,
+            existence_correct=correct,
             tokens_per_second=speed, speedup=speed / base_speed, ideal_speedup=L / (L - k),
         ))  # fmt: skip
     return points

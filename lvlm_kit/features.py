@@ -117,3 +117,10 @@ def path_linearity(coords: pd.DataFrame) -> pd.Series:
         return float(np.linalg.norm(xy[-1] - xy[0]) / steps) if steps > 0 else 1.0
 
     return coords.groupby("item")[["layer", "x", "y"]].apply(ratio)
+
+
+def coords_array(coords: pd.DataFrame) -> np.ndarray:
+    """A projection frame as ``[items, layers, 2]`` (layers in ascending order)."""
+    ordered = coords.sort_values(["item", "layer"])
+    n_items, n_layers = ordered["item"].nunique(), ordered["layer"].nunique()
+    return ordered[["x", "y"]].to_numpy().reshape(n_items, n_layers, 2)

@@ -43,6 +43,9 @@ from typing import TYPE_CHECKING
 from .data import AmberData, relation_vocabulary
 
 if TYPE_CHECKING:
+    import pandas as pd
+
+    from .loading import LoadedModel
     from .trace import Trace
 
 _WORD = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)*")
@@ -195,6 +198,12 @@ def score_generative(
 # ---- discriminative scoring --------------------------------------------------------------
 
 
+def answer_correct(responses: Sequence[dict], data: AmberData) -> list[bool]:
+    """Per discriminative response: does its yes/no (first word) match the annotation?"""
+    return [_yes_no(r["response"]) == str(data.annotations[r["id"]]["truth"]).lower()
+            for r in responses]  # fmt: skip
+
+
 def _yes_no(text: str) -> str | None:
     m = _WORD.search(text)
     word = m.group(0).lower() if m else ""
@@ -308,3 +317,56 @@ def overtake_layer(trace: Trace, step: int, winner: int, loser: int) -> int | No
     while j > 0 and above[j - 1]:
         j -= 1
     return j
+
+
+def object_token_events(
+    loaded: LoadedModel,
+    amber: AmberData,
+    prompt: str,
+    max_new_tokens: int,
+    lens_norm: str = "final_norm",
+    progress: bool = True,
+) -> tuple[pd.DataFrame, list[Trace], GenerativeScore]:
+    """Trace every image, label its object tokens, and find where each overtakes its rival.
+
+    The rival of an object token is its runner-up at the last layer; a second trace watches
+    it at every layer, and :func:`overtake_layer` gives the layer from which the emitted
+    token stays ahead (the paper's mutation, for a hallucinated token).
+
+    Returns:
+        ``(events, traces, score)``: one row per object token (``image`` index, ``step``,
+        ``label``, ``object``, ``rival``, ``rival_id``, ``overtake``, ``rival_before``: the
+        rival's probability one layer before the overtake, and the watched ``trace``); the
+        plain traces in image order; the generative score of their descriptions.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .trace import trace
+
+    traces, rows = [], []
+    for n, q in enumerate(tqdm(amber.queries, desc="trace", disable=not progress)):
+        ann, image = amber.annotations[q["id"]], amber.image_path(q)
+        tr = trace(loaded, image, prompt, max_new_tokens, lens_norm=lens_norm)
+        traces.append(tr)
+        labels = label_tokens(tr, ann["truth"], ann.get("hallu", []), amber.relation,
+                              amber.safe_words)  # fmt: skip
+        steps = [i for i, lab in enumerate(labels.labels) if lab != "other"]
+        if not steps:
+            continue
+        rivals = [int(tr.topk_ids[i, -1, 1]) for i in steps]
+        watched = trace(loaded, image, prompt, max_new_tokens, lens_norm=lens_norm, watch=rivals)
+        for i, rival in zip(steps, rivals):
+            over = overtake_layer(watched, i, int(watched.token_ids[i]), rival)
+            before = None if not over else float(watched.prob_of(i, rival)[over - 1])
+            rows.append({
+                "image": n, "step": i, "label": labels.labels[i], "object": labels.objects[i],
+                "rival": watched.vocab[rival], "rival_id": rival, "overtake": over,
+                "rival_before": before, "trace": watched,
+            })  # fmt: skip
+    columns = ["image", "step", "label", "object", "rival", "rival_id", "overtake",
+               "rival_before", "trace"]  # fmt: skip
+    responses = [
+        {"id": q["id"], "response": t.generated_text} for q, t in zip(amber.queries, traces)
+    ]
+    return pd.DataFrame(rows, columns=columns), traces, score_generative(responses, amber)

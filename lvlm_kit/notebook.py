@@ -142,3 +142,22 @@ def record(metrics: dict, output_dir: str | Path) -> dict:
     """Write the notebook's headline numbers to ``output_dir/metrics.json`` (atomically)."""
     write_json(Path(output_dir) / "metrics.json", metrics)
     return metrics
+
+
+def record_claims(results: list, output_dir: str | Path) -> list[dict]:
+    """Print each claim's verdict and write them to ``output_dir/claims.json`` (atomically).
+
+    Args:
+        results: :class:`~lvlm_kit.claims.ClaimResult` objects.
+        output_dir: the notebook's output folder.
+
+    Returns:
+        The claims as dicts (what ``claims.json`` holds).
+    """
+    for r in results:
+        print(r.sentence())
+        for note in r.notes:
+            print(f"    {note}")
+    out = [r.as_dict() for r in results]
+    write_json(Path(output_dir) / "claims.json", out)
+    return out

@@ -150,7 +150,7 @@ def sweep_plot(points: Sequence) -> plt.Figure:
 def decoding_bars(results: dict[str, dict]) -> plt.Figure:
     """Hallucination metrics per decoding variant (CHAIR, Hal lower is better)."""
     rows = [{"variant": v, "metric": m, "value": r[m]} for v, r in results.items()
-            for m in ("chair", "hal", "cover")]  # fmt: skip
+            for m in ("chair", "hal", "cover") if m in r]  # fmt: skip
     fig, ax = plt.subplots(figsize=(7, 3.5))
     sns.barplot(pd.DataFrame(rows), x="metric", y="value", hue="variant", ax=ax)
     ax.set(ylim=(0, 1), title="hallucination metrics by decoding variant")

@@ -56,6 +56,106 @@ def run_notebooks(
     return done
 
 
+def write_report(output: Path) -> tuple[Path, Path]:
+    """Write ``REPORT.md`` and a self-contained ``report.html`` from the notebooks' claims.
+
+    Reads every ``<output>/NN_name/claims.json`` and ``metrics.json``: a summary table (claim
+    | paper | measured with CI | control | verdict), then a section per claim with its
+    notebook's main figure.
+
+    Returns:
+        The two paths.
+    """
+    import base64
+    import html
+    import json
+
+    from .files import atomic_path
+
+    claims, figures, model = [], {}, "?"
+    for folder in sorted(p for p in output.iterdir() if p.is_dir()):
+        path = folder / "claims.json"
+        if not path.is_file():
+            continue
+        for claim in json.loads(path.read_text()):
+            claims.append({**claim, "notebook": folder.name})
+        pngs = sorted(folder.glob("*.png"))
+        if pngs:
+            figures[folder.name] = pngs[0]
+        model = json.loads((folder / "metrics.json").read_text()).get("model", model)
+    claims.sort(key=lambda c: c["number"])
+
+    def est(e: dict | None) -> str:
+        if not e or e["value"] != e["value"]:
+            return "n/a"
+        return f"{e['value']:.3g} [{e['low']:.3g}, {e['high']:.3g}]"
+
+    header = (
+        "| # | claim (paper) | paper reports | statistic (rule) | measured [95% CI] | "
+        "random-weight control | verdict |\n|---|---|---|---|---|---|---|"
+    )
+    rows = [
+        f"| {c['number']} | {c['paper']} ({c['figure']}) | {c['paper_number']} | "
+        f"{c['statistic']} ({c['rule']}) | {est(c['model'])} | {est(c['control'])} | "
+        f"**{c['verdict']}** |"
+        for c in claims
+    ]
+    counts = {
+        v: sum(c["verdict"] == v for c in claims) for v in ("shown", "not shown", "inconclusive")
+    }
+    lines = [
+        "# Which of the paper's claims hold here",
+        "",
+        f"Claims measured: {len(claims)}; shown {counts['shown']}, not shown "
+        f"{counts['not shown']}, inconclusive {counts['inconclusive']}. Each statistic has a "
+        "bootstrap 95% interval; a claim is *shown* only when its interval lies on the "
+        "claim's side of the threshold and the same analysis on a random-weight copy of the "
+        "model does not show it.",
+        "",
+        header,
+        *rows,
+        "",
+    ]
+    for c in claims:
+        lines += [f"## {c['number']}. {c['paper']} ({c['figure']})", "",
+                  f"{c['statistic']} = {est(c['model'])}, rule {c['rule']}; random-weight "
+                  f"control {est(c['control'])}. Verdict: **{c['verdict']}** "
+                  f"(notebook `{c['notebook']}`).", ""]  # fmt: skip
+        lines += [f"- {note}" for note in c["notes"]]
+        if c["notebook"] in figures:
+            lines += ["", f"![{c['notebook']}]({figures[c['notebook']].relative_to(output)})"]
+        lines.append("")
+    md = output / "REPORT.md"
+    with atomic_path(md) as tmp:
+        tmp.write_text("\n".join(lines))
+    body = [f"<h1>Which of the paper's claims hold here</h1><p>{html.escape(lines[2])}</p>",
+            "<table border=1 cellpadding=4><tr><th>#</th><th>claim</th><th>paper reports</th>"
+            "<th>statistic (rule)</th><th>measured [95% CI]</th><th>control</th><th>verdict"
+            "</th></tr>"]  # fmt: skip
+    for c in claims:
+        body.append(
+            "<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in (
+                c["number"], f"{c['paper']} ({c['figure']})", c["paper_number"],
+                f"{c['statistic']} ({c['rule']})", est(c["model"]), est(c["control"]),
+                c["verdict"])) + "</tr>"
+        )  # fmt: skip
+    body.append("</table>")
+    for c in claims:
+        body.append(f"<h2>{c['number']}. {html.escape(c['paper'])}</h2><p>"
+                    + html.escape(f"{c['statistic']} = {est(c['model'])}; control "
+                                  f"{est(c['control'])}; verdict {c['verdict']}")
+                    + "</p><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in c["notes"])
+                    + "</ul>")  # fmt: skip
+        if c["notebook"] in figures:
+            data = base64.b64encode(figures[c["notebook"]].read_bytes()).decode()
+            body.append(f'<img style="max-width:720px" src="data:image/png;base64,{data}">')
+    page = output / "report.html"
+    with atomic_path(page) as tmp:
+        tmp.write_text("<!doctype html><meta charset=utf-8><title>lvlm-kit report</title>"
+                       + "".join(body))  # fmt: skip
+    return md, page
+
+
 def _value(text: str) -> object:
     try:
         return ast.literal_eval(text)
@@ -75,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no notebooks in {NOTEBOOKS} yet; nothing to run.")
     for path in done:
         print(f"executed {path}")
+    if done:
+        md, html = write_report(args.output)
+        print(f"report: {md} and {html}")
     return 0
 
 

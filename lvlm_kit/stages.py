@@ -12,9 +12,11 @@ Algorithm (all parameters in :class:`StageConfig`):
 2. **Per-token critical layer**: the first lens layer j at which the emitted token's
    probability reaches ``rise_fraction`` of its last-layer probability.
 3. **Per-token mutations**: deep lens layers j > c where the step into j is abrupt:
-   ``JSD(p_{j-1}, p_j)`` is a robust outlier among that token's deep JS values
+   ``JSD(p_{j-1}, p_j)`` *rises again* (it exceeds the step before it, ``JSD(p_{j-2},
+   p_{j-1})``) and is a robust outlier among that token's deep JS values
    (``> median + spike_z · 1.4826 · MAD`` and ``> min_spike_js``), or the emitted token's
-   probability jumps by at least ``min_jump``.
+   probability jumps by at least ``min_jump``. Requiring a rise keeps the tail of a smoothly
+   falling JS curve (whose first deep steps are its largest) from counting as mutations.
 4. **Mutation layers** (aggregate): deep layers where at least ``min_share`` of the
    tokens mutate and where mutations concentrate: the share is also at least
    ``min_concentration`` times the mean share over the deep layers. Nearly every token has
@@ -146,14 +148,16 @@ def detect_stages(traces: Trace | Sequence[Trace], config: StageConfig | None = 
     counts = torch.zeros(L + 1)
     for t in range(K):
         deep_js = js[t, c:]  # pairs (c -> c+1) ... (L-1 -> L): steps into layers c+1..L
+        before = js[t, c - 1 : -1]  # the step before each of them
         med = deep_js.median()
         mad = (deep_js - med).abs().median()
         limit = max(float(med + cfg.spike_z * 1.4826 * mad), cfg.min_spike_js)
         jumps = (prob[t, c + 1 :] - prob[t, c:-1]).abs()
+        spikes = (deep_js > limit) & (deep_js > before)
         layers = [
             c + 1 + i
             for i in range(deep_js.shape[0])
-            if float(deep_js[i]) > limit or float(jumps[i]) >= cfg.min_jump
+            if bool(spikes[i]) or float(jumps[i]) >= cfg.min_jump
         ]
         token_mutations.append(layers)
         counts[layers] += 1

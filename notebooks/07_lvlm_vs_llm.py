@@ -42,7 +42,7 @@ LENS_NORM = "final_norm"  # "final_norm" (default) or "raw" (the paper authors' 
 DATA = "testbed"  # "testbed", an AMBER-layout folder, or a folder of images
 PROMPT = "Please describe this image in detail."
 MAX_NEW_TOKENS = 48
-N_IMAGES = 8
+N_IMAGES = 24
 SEED = 0
 OUTPUT_DIR = None  # default: <repo>/outputs/07_lvlm_vs_llm
 LLM_MODEL = None  # None: the same model without images; or a causal LM id/folder
@@ -51,6 +51,10 @@ LLM_PROMPTS = [
     "please describe this image in detail.",
     "what colour is the boat?",
     "is there a fish in this image?",
+    "how many trees are there?",
+    "what colour is the ball?",
+    "describe the boat.",
+    "is there a house in this image?",
 ]
 
 
@@ -108,6 +112,38 @@ pd.DataFrame({"LVLM": st_lvlm.summary(), "LLM": st_llm.summary()})
 notebook.show(plots.js_curve(st_lvlm, {"LLM alone": st_llm.js_curve}), OUTPUT_DIR, "js_lvlm_vs_llm")
 
 # %% [markdown]
+# ## 3. The claims, with 95% confidence intervals and a random-weight control
+#
+# Each claim becomes one statistic with a bootstrap interval over the images and the LLM's prompts and a
+# threshold that says in numbers what the paper says in words (`lvlm_kit.claims`). The
+# same images go through a copy of the model with random weights: a statistic that holds
+# there too says nothing about what the model learnt. Verdicts are *shown*, *not shown*,
+# or *inconclusive* (the interval straddles the threshold).
+
+# %%
+from lvlm_kit import claims
+
+control = claims.random_control(lm, SEED)
+control_llm = control if LLM_MODEL is None else claims.random_control(llm, SEED)
+control_pair = (
+    claims.TraceSet.of(
+        [
+            trace(control, it.image, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM)
+            for it in tqdm(items, desc="control LVLM")
+        ]
+    ),
+    claims.TraceSet.of(
+        [
+            trace(control_llm, None, p, MAX_NEW_TOKENS, lens_norm=LENS_NORM)
+            for p in tqdm(LLM_PROMPTS, desc="control LLM")
+        ]
+    ),
+)
+model_pair = (claims.TraceSet(lvlm_traces, st_lvlm), claims.TraceSet(llm_traces, st_llm))
+results = [claims.llm_fewer_mutations(model_pair, control_pair, claims.ClaimConfig())]
+verdicts = notebook.record_claims(results, OUTPUT_DIR)
+
+# %% [markdown]
 # ## Headline numbers (recorded to `OUTPUT_DIR/metrics.json`)
 
 # %%
@@ -123,17 +159,9 @@ metrics = notebook.record(
         "llm": st_llm.summary(),
         "split_ratio": ratio,
         "tokens_with_mutation": mutating,
-        "claim_llm_weaker_hierarchy": ratio["llm"] < ratio["lvlm"],
-        "claim_llm_fewer_mutations": mutating["llm"] < mutating["lvlm"],
+        "claims": {r.key: r.model.value for r in results},
+        "verdicts": {r.key: r.verdict for r in results},
     },
     OUTPUT_DIR,
-)
-print(
-    f"Claim — the LLM alone shows a weaker shallow/deep split (JS ratio {ratio['llm']:.0f}x vs "
-    f"{ratio['lvlm']:.0f}x): {'shown' if metrics['claim_llm_weaker_hierarchy'] else 'NOT shown'} on {MODEL}."
-)
-print(
-    f"Claim — the LLM alone mutates less (tokens with a deep mutation {mutating['llm']:.2f} vs "
-    f"{mutating['lvlm']:.2f}): {'shown' if metrics['claim_llm_fewer_mutations'] else 'NOT shown'} on {MODEL}."
 )
 metrics

@@ -60,14 +60,32 @@ def test_no_mutation_without_spikes_and_thresholds():
 
 
 def test_evenly_spread_mutations_are_no_mutation_stage():
-    # Each token mutates once, at deep layers 9..12 in turn: 25% of tokens at every layer.
-    tr = synthetic(n_tokens=8, mutating=())
-    for t in range(8):
-        tr.js[t, 8 + t % 4] = 0.25
+    # Each token mutates once, at deep layers 10..12 in turn: a third of tokens at each.
+    tr = synthetic(n_tokens=9, mutating=())
+    for t in range(9):
+        tr.js[t, 9 + t % 3] = 0.25
     assert detect_stages(tr).mutation_layers == []
-    assert detect_stages(tr, StageConfig(min_concentration=0)).mutation_layers == [9, 10, 11, 12]
-    tr.js[:4, 10] = 0.25  # half of the tokens also mutate into layer 11: concentrated there
+    assert detect_stages(tr, StageConfig(min_concentration=0)).mutation_layers == [10, 11, 12]
+    tr.js[:5, 10] = 0.25  # over half of the tokens also mutate into layer 11: concentrated
     assert detect_stages(tr).mutation_layers == [11]
+
+
+def test_a_smoothly_falling_js_curve_has_no_mutation_stage():
+    # JS halves at every layer (as in random-weight decoders): the first deep steps are the
+    # largest of the deep part, but nothing rises again.
+    js = (0.5 * 0.6 ** torch.arange(L, dtype=torch.float32)).repeat(20, 1)
+    js *= 1 + 0.01 * torch.rand(20, 1)
+    st = detect_stages(
+        fake_trace([f"w{i}" for i in range(20)], torch.full((20, L + 1), 0.01), js=js)
+    )
+    assert st.has_split and st.mutation_layers == []
+    assert st.summary()["tokens_with_mutation"] == 0.0
+    spike = js.clone()
+    spike[:12, 9] = 0.2  # a real rise into layer 10 for 60% of the tokens
+    st = detect_stages(
+        fake_trace([f"w{i}" for i in range(20)], torch.full((20, L + 1), 0.01), js=spike)
+    )
+    assert st.mutation_layers == [10]
 
 
 def test_pools_several_traces_and_checks_shapes():

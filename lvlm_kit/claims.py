@@ -1,0 +1,793 @@
+"""The paper's claims as statistics with confidence intervals, checked against a control.
+
+Each claim of the paper is one function here. It turns what a notebook measured into one
+number (the *statistic*), compares it with a threshold that says in numbers what the
+paper says in words (every threshold is a field of :class:`ClaimConfig`), and gives a
+bootstrap 95% confidence interval over the units that were sampled (images, or tokens of
+the one image of §5). The same analysis on a random-weight copy of the model
+(:func:`random_control`: same architecture and config, re-initialised) is part of every
+verdict:
+
+- ``shown``: the interval lies on the claim's side of the threshold on the model, and the
+  control does not show it (a statistic that holds on noise says nothing);
+- ``not shown``: the interval lies on the other side on the model, or the control shows it
+  as well;
+- ``inconclusive``: the interval straddles the threshold (more images would tell), or
+  the statistic cannot be computed (for example no function words were generated).
+
+Layers are lens layers 0..L (0 is the embedding output); claims that name a layer also give
+it as relative depth j / L, so the testbed's 3 of 12 reads beside the paper's ~18-20 of 32.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+
+from .data import AmberData
+from .loading import LoadedModel
+from .stages import Stages, critical_split, detect_stages, token_kind
+from .trace import Trace
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+Holds = Literal["yes", "no", "inconclusive"]
+Verdict = Literal["shown", "not shown", "inconclusive"]
+
+
+@dataclass(frozen=True)
+class ClaimConfig:
+    """Thresholds of the claims (what the paper's words mean here) and the bootstrap."""
+
+    n_boot: int = 1000  # bootstrap resamples
+    n_boot_stages: int = 100  # resamples for claims that re-detect the stages each time
+    level: float = 0.95  # confidence level of the intervals
+    seed: int = 0  # seed of the resampling
+    # 1: "near zero" in shallow layers: under a tenth of the probability it ends with.
+    near_zero_share: float = 0.1
+    # 2: a "sharp" rise: the mean probability gains at least this much ...
+    sharp_rise: float = 0.3
+    # ... within a tenth of the model's depth (at least one layer).
+    rise_window: float = 0.1
+    # 3: content tokens "keep changing candidates": at least half a top-1 switch more per
+    # token after the critical layer than function tokens.
+    switch_gap: float = 0.5
+    # 4, 7, 14: "more often": a difference of shares above zero.
+    more_often: float = 0.0
+    # 5: "often": at least half of the hallucinated tokens ...
+    often: float = 0.5
+    # ... had their runner-up ahead (with at least this probability) just before the jump.
+    lead_min_p: float = 0.05
+    # 6: "large" shallow vs "small" deep JS: an order of magnitude apart.
+    split_ratio: float = 10.0
+    # 8: three stages are found in at least this share of bootstrap resamples (lower bound).
+    stages_found: float = 0.5
+    # 9: "keeps the output": word overlap with plain decoding at least this.
+    keeps_output: float = 0.8
+    # 10, 11: "removes some" / "more" hallucinations: a CHAIR difference above zero.
+    fewer_hallucinations: float = 0.0
+    # 12, 13: "diverge" / "fan out": the spread grows at least two-fold.
+    diverge_ratio: float = 2.0
+    # 15: "at little cost": existence accuracy drops by at most this ...
+    little_cost: float = 0.05
+    # ... from an unskipped accuracy of at least this (chance is 0.5).
+    min_accuracy: float = 0.75
+
+
+@dataclass
+class Estimate:
+    """A statistic on one model: value, bootstrap interval, and whether the rule holds."""
+
+    value: float
+    low: float
+    high: float
+    holds: Holds
+    n: int  # units resampled (images, or tokens)
+
+    def text(self) -> str:
+        """``0.123 [0.100, 0.150]``."""
+        if math.isnan(self.value):
+            return "n/a"
+        return f"{self.value:.3g} [{self.low:.3g}, {self.high:.3g}]"
+
+
+@dataclass
+class ClaimResult:
+    """One claim of the paper, measured on a model and on its random-weight control."""
+
+    number: int
+    key: str
+    paper: str  # the paper's sentence
+    figure: str  # section and figure
+    paper_number: str  # what the paper reported
+    statistic: str  # what is measured
+    rule: str  # the statistic's threshold, e.g. ">= 10"
+    model: Estimate
+    control: Estimate | None  # None: the control could not be measured (see notes)
+    verdict: Verdict
+    notes: list[str] = field(default_factory=list)
+
+    def sentence(self) -> str:
+        """One line a notebook prints."""
+        control = self.control.text() if self.control else "n/a"
+        return (
+            f"Claim {self.number} ({self.figure}) {self.paper} — {self.statistic} = "
+            f"{self.model.text()} (rule {self.rule}; random-weight control {control}): "
+            f"{self.verdict.upper()}."
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+#: The paper's claims: number -> (key, sentence, section/figure, what the paper reported).
+PAPER: dict[int, tuple[str, str, str, str]] = {
+    1: ("near_zero_shallow", "token probabilities are near zero in shallow layers",
+        "§3, Fig. 2", "≈ 0 before the critical layers"),
+    2: ("sharp_rise", "they rise sharply at the critical layers", "§3, Fig. 2",
+        "layers ~18-20 of 32 (relative depth ~0.6)"),
+    3: ("content_keeps_changing", "easy tokens settle after the critical layers, content "
+        "tokens keep changing candidates", "§3, Fig. 2", "qualitative"),
+    4: ("hallucinations_mutate", "hallucinated tokens jump in deep layers more often than "
+        "correct tokens", "§3, Fig. 3", "qualitative (examples)"),
+    5: ("correct_leads_first", "before the jump the correct token often leads, then falls",
+        "§3, Fig. 3", "qualitative (examples)"),
+    6: ("js_split", "adjacent-layer JS is large in shallow layers and small in deep layers",
+        "§4, Fig. 4", "split near the critical layers"),
+    7: ("entities_rise_again", "entity tokens' JS rises again in deep layers", "§4, Fig. 4",
+        "qualitative"),
+    8: ("three_stages", "three stages: rapid evolution, stabilisation, mutation", "§4",
+        "found in LLaVA-1.5-7B"),
+    9: ("skip1_keeps", "skip.1 (drop the stable middle) keeps the output", "§4, Fig. 5",
+        "output almost unchanged, hallucinations included"),
+    10: ("skip2_fewer", "skip.2 (skip the mutation layers) removes some hallucinations",
+         "§4, Fig. 5", "hallucination corrected in the example"),
+    11: ("skip3_more", "skip.3 (critical layers to the last few) hallucinates more than skip.2",
+         "§4, Fig. 5", "more hallucinations than skip.2"),
+    12: ("tokens_diverge", "one image's tokens cluster in the first layers and diverge with "
+         "depth", "§5, Fig. 6", "qualitative (t-SNE)"),
+    13: ("vqa_fan", "VQA answer features: a tight shallow neck, a deep fan", "§5, Fig. 7",
+         "qualitative (t-SNE)"),
+    14: ("llm_fewer_mutations", "the text-only LLM mutates less than the LVLM", "§6",
+         "no clear mutation in the LLM"),
+    15: ("compression", "skipping stable layers compresses the model at little cost",
+         "§6", "little accuracy lost"),
+}  # fmt: skip
+
+
+# ---- the machinery ----------------------------------------------------------------------
+
+
+def estimate(
+    stat: Callable[..., float],
+    sizes: Sequence[int],
+    rule: str,
+    threshold: float,
+    cfg: ClaimConfig,
+    n_boot: int | None = None,
+) -> Estimate:
+    """Value, percentile bootstrap interval and rule of ``stat`` over resampled units.
+
+    Args:
+        stat: maps one index array per group (``np.arange(size)`` for the full data) to the
+            statistic; NaN where it cannot be computed.
+        sizes: units per group (groups are resampled independently).
+        rule: ``">="``, ``">"`` or ``"<="``: the side of ``threshold`` on which the claim
+            holds (``">"`` for "more than": a difference of exactly 0 does not hold).
+        threshold: the claim's threshold.
+        cfg: bootstrap settings.
+        n_boot: resamples (default ``cfg.n_boot``).
+
+    Returns:
+        The :class:`Estimate`; ``holds`` is ``"inconclusive"`` when the interval straddles
+        the threshold, has fewer than two units, or any resample is undefined.
+    """
+    from scipy.stats import bootstrap
+
+    full = [np.arange(n) for n in sizes]
+    value = float(stat(*full))
+    as_int = stat
+    stat = lambda *idx: as_int(*(np.asarray(i, dtype=int) for i in idx))  # noqa: E731
+    n = min(sizes) if sizes else 0
+    if math.isnan(value) or n < 2:
+        return Estimate(value, math.nan, math.nan, "inconclusive", n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate (constant) resamples are fine here
+        res = bootstrap(
+            tuple(full), stat, vectorized=False, paired=False, n_resamples=n_boot or cfg.n_boot,
+            confidence_level=cfg.level, method="percentile", rng=np.random.default_rng(cfg.seed),
+        )  # fmt: skip
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    holds: Holds = "inconclusive"
+    if not (math.isnan(low) or math.isnan(high)):
+        above = low > threshold if rule == ">" else low >= threshold
+        below = high <= threshold if rule == ">" else high < threshold
+        if rule == "<=":
+            above, below = high <= threshold, low > threshold
+        holds = "yes" if above else "no" if below else "inconclusive"
+    return Estimate(value, low, high, holds, n)
+
+
+def decide(model: Estimate, control: Estimate | None) -> Verdict:
+    """Verdict from the model's and the control's estimates (see the module docstring)."""
+    if model.holds == "no":
+        return "not shown"
+    if model.holds == "inconclusive":
+        return "inconclusive"
+    if control is not None and control.holds == "yes":
+        return "not shown"
+    return "shown"
+
+
+def claim(
+    number: int,
+    statistic: str,
+    rule: str,
+    threshold: float,
+    make: Callable[[Any], tuple[Callable[..., float], Sequence[int]]],
+    model_data: Any,
+    control_data: Any,
+    cfg: ClaimConfig,
+    n_boot: int | None = None,
+    notes: Sequence[str] = (),
+) -> ClaimResult:
+    """Measure one claim on the model and its control with the same analysis.
+
+    Args:
+        number: the claim's number in :data:`PAPER`.
+        statistic: what is measured, in words.
+        rule: ``">="``, ``">"`` or ``"<="``.
+        threshold: the claim's threshold (a :class:`ClaimConfig` field).
+        make: turns one model's data into ``(stat, sizes)`` for :func:`estimate`.
+        model_data: what was measured on the model.
+        control_data: the same measured on the random-weight control (None when the
+            analysis does not exist there, e.g. no skip preset; it then cannot hold).
+        cfg: the configuration.
+        n_boot: resamples, if not ``cfg.n_boot``.
+        notes: extra lines for the report.
+    """
+    key, paper, figure, paper_number = PAPER[number]
+    model = estimate(*make(model_data), rule, threshold, cfg, n_boot)
+    control = None if control_data is None else estimate(
+        *make(control_data), rule, threshold, cfg, n_boot
+    )  # fmt: skip
+    notes = list(notes)
+    if control is None:
+        notes.append("the control has no such measurement (it cannot show the claim)")
+    elif control.holds == "yes":
+        notes.append("the statistic holds on random weights too, so it says nothing here")
+    return ClaimResult(
+        number, key, paper, figure, paper_number, statistic, f"{rule} {threshold:g}",
+        model, control, decide(model, control), notes,
+    )  # fmt: skip
+
+
+def random_control(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
+    """A random-weight copy of ``loaded``: same architecture and config, re-initialised.
+
+    The processor (and so the tokenizer and image preprocessing) is shared.
+    """
+    from .anatomy import resolve_anatomy
+
+    model = loaded.model
+    torch.manual_seed(seed)
+    config = copy.deepcopy(model.config)
+    fresh = type(model)(config).to(dtype=model.dtype, device=loaded.input_device).eval()
+    fresh.generation_config = copy.deepcopy(model.generation_config)
+    return LoadedModel(fresh, loaded.processor, resolve_anatomy(fresh), f"{loaded.name} (random)")
+
+
+def _pick(per_unit: Sequence[np.ndarray], idx: np.ndarray) -> np.ndarray:
+    """Concatenate the rows of the chosen units (with repeats)."""
+    return np.concatenate([per_unit[i] for i in idx]) if len(idx) else np.empty(0)
+
+
+def _mean_where(values: np.ndarray, mask: np.ndarray) -> float:
+    return float(values[mask].mean()) if mask.any() else math.nan
+
+
+def relative(layer: int, n_layers: int) -> str:
+    """``"3 of 12 (0.25)"``."""
+    return f"{layer} of {n_layers} ({layer / n_layers:.2f})"
+
+
+# ---- §3: token probabilities (Fig. 2) ----------------------------------------------------
+
+
+@dataclass
+class TraceSet:
+    """Traces of one model on a set of images, and the stages detected on them."""
+
+    traces: list[Trace]
+    stages: Stages
+
+    @classmethod
+    def of(cls, traces: Sequence[Trace]) -> TraceSet:
+        """Detect the stages of ``traces``."""
+        return cls(list(traces), detect_stages(traces))
+
+
+def near_zero_shallow(model: TraceSet, control: TraceSet, cfg: ClaimConfig) -> ClaimResult:
+    """Claim 1: mean p(emitted) in layers 0..c-1 as a share of its mean at the last layer."""
+
+    def make(ts: TraceSet):
+        c = ts.stages.critical_layer
+        probs = [t.token_prob.double().numpy() for t in ts.traces]
+
+        def stat(idx):
+            p = _pick(probs, idx)
+            return float(p[:, :c].mean() / p[:, -1].mean()) if len(p) else math.nan
+
+        return stat, [len(probs)]
+
+    c, L = model.stages.critical_layer, model.stages.n_layers
+    return claim(1, "mean p(emitted) before the critical layer / at the last layer", "<=",
+                 cfg.near_zero_share, make, model, control, cfg,
+                 notes=[f"critical layer {relative(c, L)}"])  # fmt: skip
+
+
+def sharp_rise(model: TraceSet, control: TraceSet, cfg: ClaimConfig) -> ClaimResult:
+    """Claim 2: the largest gain of the mean p(emitted) within a tenth of the depth."""
+
+    def make(ts: TraceSet):
+        probs = [t.token_prob.double().numpy() for t in ts.traces]
+        w = max(1, round(cfg.rise_window * ts.stages.n_layers))
+
+        def stat(idx):
+            curve = _pick(probs, idx).mean(0)
+            return float((curve[w:] - curve[:-w]).max()) if len(idx) else math.nan
+
+        return stat, [len(probs)]
+
+    curve = torch.cat([t.token_prob for t in model.traces]).double().mean(0).numpy()
+    L = model.stages.n_layers
+    w = max(1, round(cfg.rise_window * L))
+    where = int(np.argmax(curve[w:] - curve[:-w])) + w
+    return claim(2, f"largest rise of mean p(emitted) over {w} layer(s)", ">=", cfg.sharp_rise,
+                 make, model, control, cfg,
+                 notes=[f"steepest rise into layer {relative(where, L)}; critical layer "
+                        f"{relative(model.stages.critical_layer, L)}"])  # fmt: skip
+
+
+def content_keeps_changing(model: TraceSet, control: TraceSet, cfg: ClaimConfig) -> ClaimResult:
+    """Claim 3: top-1 switches after c per content token minus per function token."""
+
+    def make(ts: TraceSet):
+        c = ts.stages.critical_layer
+        per_image = []
+        for t in ts.traces:
+            top1 = t.topk_ids[:, c:, 0]
+            switches = (top1[:, 1:] != top1[:, :-1]).sum(1).double().numpy()
+            content = np.array([token_kind(tok) == "content" for tok in t.tokens])
+            per_image.append(np.stack([switches, content.astype(float)], 1))
+
+        def stat(idx):
+            rows = _pick(per_image, idx)
+            if not len(rows):
+                return math.nan
+            s, content = rows[:, 0], rows[:, 1] > 0
+            return _mean_where(s, content) - _mean_where(s, ~content)
+
+        return stat, [len(per_image)]
+
+    return claim(3, "top-1 switches after the critical layer: content − function tokens", ">=",
+                 cfg.switch_gap, make, model, control, cfg)  # fmt: skip
+
+
+# ---- §4: divergence and stages (Fig. 4) ---------------------------------------------------
+
+
+def js_split(model: TraceSet, control: TraceSet, cfg: ClaimConfig) -> ClaimResult:
+    """Claim 6: mean adjacent JS before the critical split over the mean after it."""
+
+    def make(ts: TraceSet):
+        js = [t.js.double().numpy() for t in ts.traces]
+
+        def stat(idx):
+            curve = _pick(js, idx).mean(0)
+            k = critical_split(torch.from_numpy(curve))
+            return float(curve[:k].mean() / max(curve[k:].mean(), 1e-12))
+
+        return stat, [len(js)]
+
+    split = relative(model.stages.critical_layer, model.stages.n_layers)
+    return claim(6, "shallow / deep mean adjacent-layer JS", ">=", cfg.split_ratio, make, model,
+                 control, cfg, notes=[f"split at layer {split}"])  # fmt: skip
+
+
+def _token_flags(ts: TraceSet) -> list[np.ndarray]:
+    """Per image: rows (has a deep mutation, is a content token)."""
+    out, k = [], 0
+    for t in ts.traces:
+        muts = ts.stages.token_mutations[k : k + t.n_tokens]
+        k += t.n_tokens
+        content = [token_kind(tok) == "content" for tok in t.tokens]
+        out.append(np.array([[bool(m), c] for m, c in zip(muts, content)], float).reshape(-1, 2))
+    return out
+
+
+def entities_rise_again(model: TraceSet, control: TraceSet, cfg: ClaimConfig) -> ClaimResult:
+    """Claim 7: share of content tokens with a deep mutation minus that of function tokens."""
+
+    def make(ts: TraceSet):
+        flags = _token_flags(ts)
+
+        def stat(idx):
+            rows = _pick(flags, idx)
+            if not len(rows):
+                return math.nan
+            return _mean_where(rows[:, 0], rows[:, 1] > 0) - _mean_where(
+                rows[:, 0], rows[:, 1] == 0
+            )
+
+        return stat, [len(flags)]
+
+    return claim(7, "share mutating in deep layers: content − function tokens", ">",
+                 cfg.more_often, make, model, control, cfg)  # fmt: skip
+
+
+def three_stages(model: TraceSet, control: TraceSet, cfg: ClaimConfig) -> ClaimResult:
+    """Claim 8: whether three stages are found (1 or 0), over resampled images."""
+
+    def make(ts: TraceSet):
+        cfg_stages = ts.stages.config
+
+        def stat(idx):
+            st = detect_stages([ts.traces[i] for i in idx], cfg_stages)
+            stable = st.stabilisation_end > st.critical_layer + 1
+            return float(st.has_split and bool(st.mutation_layers) and stable)
+
+        return stat, [len(ts.traces)]
+
+    st = model.stages
+    return claim(8, "three stages found (share of resamples)", ">=", cfg.stages_found, make, model,
+                 control, cfg, n_boot=cfg.n_boot_stages,
+                 notes=[f"critical layer {relative(st.critical_layer, st.n_layers)}, mutation "
+                        f"layers {st.mutation_layers}"])  # fmt: skip
+
+
+# ---- §3: hallucinated tokens (Fig. 3) ------------------------------------------------------
+
+
+@dataclass
+class LabelledTokens:
+    """Object tokens of one model's descriptions: per image, label and measurements.
+
+    Rows per image: ``[is hallucinated, has a deep mutation, runner-up led before the
+    overtake]`` (the last is NaN where no overtake layer was found).
+    """
+
+    per_image: list[np.ndarray]
+
+
+def labelled_tokens(
+    events: pd.DataFrame, traces: Sequence[Trace], stages: Stages, cfg: ClaimConfig
+) -> LabelledTokens:
+    """Rows for claims 4-5 from :func:`~lvlm_kit.hallucination.object_token_events`.
+
+    Args:
+        events: one row per object token (``image`` index into ``traces``, ``step``,
+            ``label``, ``overtake``, ``rival_before``).
+        traces: the plain traces, in image order (their tokens are ``stages``' tokens).
+        stages: stages detected on ``traces``.
+        cfg: the configuration (``lead_min_p``).
+    """
+    start = np.cumsum([0] + [t.n_tokens for t in traces])
+    per_image = [[] for _ in traces]
+    for e in events.itertuples():
+        over = e.overtake
+        led = math.nan
+        if over is not None and not (isinstance(over, float) and math.isnan(over)):
+            led = float(over > stages.critical_layer and (e.rival_before or 0) >= cfg.lead_min_p)
+        mutated = bool(stages.token_mutations[start[e.image] + e.step])
+        per_image[e.image].append([e.label == "hallucinated", mutated, led])
+    return LabelledTokens([np.array(rows, float).reshape(-1, 3) for rows in per_image])
+
+
+def hallucinations_mutate(
+    model: LabelledTokens, control: LabelledTokens, cfg: ClaimConfig
+) -> ClaimResult:
+    """Claim 4: share of hallucinated tokens with a deep mutation minus correct ones'."""
+
+    def make(data: LabelledTokens):
+        def stat(idx):
+            rows = _pick(data.per_image, idx).reshape(-1, 3)
+            if not len(rows):
+                return math.nan
+            return _mean_where(rows[:, 1], rows[:, 0] > 0) - _mean_where(
+                rows[:, 1], rows[:, 0] == 0
+            )
+
+        return stat, [len(data.per_image)]
+
+    return claim(4, "share with a deep mutation: hallucinated − correct object tokens", ">",
+                 cfg.more_often, make, model, control, cfg)  # fmt: skip
+
+
+def correct_leads_first(
+    model: LabelledTokens, control: LabelledTokens, cfg: ClaimConfig
+) -> ClaimResult:
+    """Claim 5: share of hallucinated tokens whose runner-up led just before they overtook."""
+
+    def make(data: LabelledTokens):
+        def stat(idx):
+            rows = _pick(data.per_image, idx).reshape(-1, 3)
+            led = rows[(rows[:, 0] > 0) & ~np.isnan(rows[:, 2]), 2]
+            return float(led.mean()) if len(led) else math.nan
+
+        return stat, [len(data.per_image)]
+
+    return claim(5, "share of hallucinated tokens overtaking a leading runner-up after the "
+                 "critical layer", ">=", cfg.often, make, model, control, cfg)  # fmt: skip
+
+
+# ---- §4: skipping (Fig. 5) ------------------------------------------------------------------
+
+
+@dataclass
+class PresetCounts:
+    """Per image and decoding (plain, skip1, skip2, skip3): nouns, hallucinations, overlap.
+
+    Kept nouns, hallucinated nouns and word overlap with plain decoding, ``[images]`` each.
+    A preset the stages leave undefined is absent.
+    """
+
+    nouns: dict[str, np.ndarray]  # [images]
+    hallucinated: dict[str, np.ndarray]  # [images]
+    overlap: dict[str, np.ndarray]  # [images]
+
+
+def _chair(counts: PresetCounts, name: str, idx: np.ndarray) -> float:
+    nouns = counts.nouns[name][idx].sum()
+    return float(counts.hallucinated[name][idx].sum() / nouns) if nouns else math.nan
+
+
+def preset_counts(
+    loaded: LoadedModel,
+    amber: AmberData,
+    traces: Sequence[Trace],
+    stages: Stages,
+    prompt: str,
+    max_new_tokens: int,
+    progress: bool = True,
+) -> tuple[PresetCounts, dict[str, list[str]]]:
+    """Generate with each skip preset the stages define and count nouns per image.
+
+    Args:
+        loaded: the model.
+        amber: the images and their annotations (one generative query per image).
+        traces: plain greedy traces of those images (the ``plain`` decoding).
+        stages: the stages detected on ``traces``.
+        prompt: the instruction.
+        max_new_tokens: generation limit.
+        progress: show progress bars.
+
+    Returns:
+        ``(counts, texts)``: :class:`PresetCounts` and the generated texts by decoding.
+    """
+    import difflib
+
+    from .generation import generate_texts
+    from .hallucination import analyse_response
+    from .stages import PRESETS, skip_preset
+
+    images = [amber.image_path(q) for q in amber.queries]
+    texts = {"plain": [t.generated_text for t in traces]}
+    for name in PRESETS:
+        try:
+            layers = skip_preset(stages, name)
+        except ValueError:
+            continue
+        texts[name] = generate_texts(loaded, images, [prompt] * len(images), max_new_tokens,
+                                     skip=layers, progress=progress, desc=name)  # fmt: skip
+    nouns, hallucinated, overlap = {}, {}, {}
+    for name, outs in texts.items():
+        found = [
+            analyse_response(text, ann["truth"], ann.get("hallu", []), amber.relation,
+                             amber.safe_words)
+            for text, ann in zip(outs, (amber.annotations[q["id"]] for q in amber.queries))
+        ]  # fmt: skip
+        nouns[name] = np.array([len(a.nouns) for a in found], float)
+        hallucinated[name] = np.array([len(a.hallucinated) for a in found], float)
+        overlap[name] = np.array([
+            difflib.SequenceMatcher(None, a.split(), b.split()).ratio()
+            for a, b in zip(outs, texts["plain"])
+        ])  # fmt: skip
+    return PresetCounts(nouns, hallucinated, overlap), texts
+
+
+def skip1_keeps(model: PresetCounts, control: PresetCounts, cfg: ClaimConfig) -> ClaimResult:
+    """Claim 9: mean word overlap of skip.1's output with plain decoding."""
+
+    def make(c: PresetCounts):
+        return (lambda idx: float(c.overlap["skip1"][idx].mean())), [len(c.overlap["skip1"])]
+
+    return _preset_claim(9, "word overlap of skip.1 with plain decoding", ">=", cfg.keeps_output,
+                         make, model, control, cfg, ("skip1",))  # fmt: skip
+
+
+def skip2_fewer(model: PresetCounts, control: PresetCounts, cfg: ClaimConfig) -> ClaimResult:
+    """Claim 10: CHAIR of plain decoding minus CHAIR with the mutation layers skipped."""
+
+    def make(c: PresetCounts):
+        return (lambda idx: _chair(c, "plain", idx) - _chair(c, "skip2", idx)), [
+            len(c.nouns["plain"])
+        ]
+
+    return _preset_claim(10, "CHAIR plain − CHAIR skip.2", ">", cfg.fewer_hallucinations,
+                         make, model, control, cfg, ("skip2",))  # fmt: skip
+
+
+def skip3_more(model: PresetCounts, control: PresetCounts, cfg: ClaimConfig) -> ClaimResult:
+    """Claim 11: CHAIR with skip.3 minus CHAIR with skip.2."""
+
+    def make(c: PresetCounts):
+        return (lambda idx: _chair(c, "skip3", idx) - _chair(c, "skip2", idx)), [
+            len(c.nouns["plain"])
+        ]
+
+    return _preset_claim(11, "CHAIR skip.3 − CHAIR skip.2", ">", cfg.fewer_hallucinations,
+                         make, model, control, cfg, ("skip2", "skip3"))  # fmt: skip
+
+
+def _preset_claim(number, statistic, rule, threshold, make, model, control, cfg, needs):
+    def has(c: PresetCounts | None) -> bool:
+        return c is not None and all(n in c.nouns for n in needs)
+
+    if not has(model):
+        key, paper, figure, paper_number = PAPER[number]
+        nan = Estimate(math.nan, math.nan, math.nan, "inconclusive", 0)
+        why = f"the detected stages define no {' / '.join(needs)} preset"
+        return ClaimResult(number, key, paper, figure, paper_number, statistic,
+                           f"{rule} {threshold:g}", nan, None, "inconclusive", [why])  # fmt: skip
+    return claim(number, statistic, rule, threshold, make, model,
+                 control if has(control) else None, cfg)  # fmt: skip
+
+
+# ---- §5: features (Figs. 6-7) ---------------------------------------------------------------
+
+
+def _spreads(xy: np.ndarray) -> np.ndarray:
+    """``[units, layers, 2]`` -> ``[layers]`` mean distance to the per-layer centroid."""
+    return np.linalg.norm(xy - xy.mean(0, keepdims=True), axis=-1).mean(0)
+
+
+def tokens_diverge(model: np.ndarray, control: np.ndarray, cfg: ClaimConfig) -> ClaimResult:
+    """Claim 12: 2-D spread of the deep half of the layers over that of layers 1-2.
+
+    Args:
+        model: ``[tokens, layers 1..L, 2]`` projected features of one image's tokens.
+        control: the same for the random-weight control.
+        cfg: the configuration.
+    """
+
+    def make(xy: np.ndarray):
+        L = xy.shape[1]
+
+        def stat(idx):
+            s = _spreads(xy[idx])
+            return float(s[L // 2 :].mean() / max(s[:2].mean(), 1e-12))
+
+        return stat, [xy.shape[0]]
+
+    return claim(12, "t-SNE spread, deep half / layers 1-2 (tokens resampled)", ">=",
+                 cfg.diverge_ratio, make, model, control, cfg)  # fmt: skip
+
+
+def vqa_fan(model: np.ndarray, control: np.ndarray, cfg: ClaimConfig) -> ClaimResult:
+    """Claim 13: largest 2-D spread of the answer token over its smallest in layers 1-3.
+
+    Args:
+        model: ``[images, layers 1..L, 2]`` projected answer-token features.
+        control: the same for the random-weight control.
+        cfg: the configuration.
+    """
+
+    def make(xy: np.ndarray):
+        def stat(idx):
+            s = _spreads(xy[idx])
+            return float(s.max() / max(s[:3].min(), 1e-12))
+
+        return stat, [xy.shape[0]]
+
+    return claim(13, "t-SNE spread, widest layer / narrowest of layers 1-3", ">=",
+                 cfg.diverge_ratio, make, model, control, cfg)  # fmt: skip
+
+
+# ---- §6: the LLM alone, compression ---------------------------------------------------------
+
+
+def llm_fewer_mutations(
+    model: tuple[TraceSet, TraceSet], control: tuple[TraceSet, TraceSet], cfg: ClaimConfig
+) -> ClaimResult:
+    """Claim 14: share of tokens with a deep mutation, LVLM minus the LLM alone.
+
+    Each side is ``(LVLM traces, LLM traces)``; images and prompts are resampled apart.
+    """
+
+    def make(pair: tuple[TraceSet, TraceSet]):
+        lvlm, llm = (_token_flags(ts) for ts in pair)
+
+        def stat(i, j):
+            a, b = _pick(lvlm, i).reshape(-1, 2), _pick(llm, j).reshape(-1, 2)
+            return float(a[:, 0].mean() - b[:, 0].mean()) if len(a) and len(b) else math.nan
+
+        return stat, [len(lvlm), len(llm)]
+
+    return claim(14, "share of tokens mutating: LVLM − LLM", ">", cfg.more_often, make, model,
+                 control, cfg)  # fmt: skip
+
+
+@dataclass
+class SweepAnswers:
+    """Per image, the share of its existence questions answered correctly.
+
+    Unskipped (``base``) and with the k most stable layers skipped; ``[images]`` each.
+    """
+
+    k: int
+    base: np.ndarray
+    skipped: np.ndarray
+
+
+def sweep_answers(points: Sequence[Any]) -> SweepAnswers:
+    """Claim 15's data from a :func:`~lvlm_kit.applications.compression_sweep` run.
+
+    Compares k = 0 with the largest k swept; per image, the share of its existence
+    questions answered correctly.
+    """
+    base, last = points[0], points[-1]
+    if base.existence_correct is None:
+        raise ValueError("the sweep asked no existence questions; pass `discriminative` data.")
+    images = sorted(base.existence_correct)
+    return SweepAnswers(
+        k=last.k,
+        base=np.array([np.mean(base.existence_correct[i]) for i in images]),
+        skipped=np.array([np.mean(last.existence_correct[i]) for i in images]),
+    )
+
+
+def compression(model: SweepAnswers, control: SweepAnswers | None, cfg: ClaimConfig) -> ClaimResult:
+    """Claim 15: the smaller margin of "little accuracy lost" and "accuracy to lose".
+
+    ``min(acc_k − acc_0 + little_cost, acc_0 − min_accuracy)``: at least 0 when skipping the k
+    most stable layers costs at most ``little_cost`` of an accuracy of at least
+    ``min_accuracy`` (a model that answers at chance has nothing to compress).
+    """
+
+    def make(a: SweepAnswers):
+        def stat(idx):
+            acc0, acck = a.base[idx].mean(), a.skipped[idx].mean()
+            return float(min(acck - acc0 + cfg.little_cost, acc0 - cfg.min_accuracy))
+
+        return stat, [len(a.base)]
+
+    return claim(15, f"accuracy margin with the {model.k} most stable layers skipped", ">=",
+                 0.0, make, model, control, cfg,
+                 notes=[f"existence accuracy {model.base.mean():.3f} unskipped, "
+                        f"{model.skipped.mean():.3f} with {model.k} layers skipped"])  # fmt: skip
+
+
+def table(results: Sequence[ClaimResult]) -> str:
+    """Markdown table: claim | paper | measured with CI | control | verdict."""
+    rows = [
+        "| # | claim (paper) | paper reports | statistic (rule) | measured [95% CI] | control "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(results, key=lambda r: r.number):
+        control = r.control.text() if r.control else "n/a"
+        rows.append(
+            f"| {r.number} | {r.paper} ({r.figure}) | {r.paper_number} | {r.statistic} "
+            f"({r.rule}) | {r.model.text()} | {control} | **{r.verdict}** |"
+        )
+    return "\n".join(rows)

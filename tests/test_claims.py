@@ -1,0 +1,225 @@
+"""Claims: each statistic checked on synthetic data where the answer is known both ways, the
+verdict rules, and every claim on random weights (never shown)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import fake_trace, make_tiny_llava
+
+from lvlm_kit import claims, detect_stages, trace
+from lvlm_kit.claims import ClaimConfig, Estimate, LabelledTokens, PresetCounts, SweepAnswers
+
+CFG = ClaimConfig(n_boot=200, n_boot_stages=30)
+L = 12
+
+
+def traces(n_images=8, shallow_p=0.01, final_p=0.9, rise_at=4, mutate=None, seed=0, words=None):
+    """Per image 6 tokens: p(emitted) `shallow_p` before `rise_at`, `final_p` from it; JS high
+    before the rise, low after; tokens in `mutate` (indices) spike in JS into layer 9."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    words = words or ["the", "red", "boat", "is", "a", "fish"]
+    for _ in range(n_images):
+        p = torch.full((6, L + 1), shallow_p)
+        p[:, rise_at:] = final_p
+        js = torch.empty(6, L)
+        js[:, :rise_at] = 0.3 + 0.02 * torch.rand(6, rise_at, generator=g)
+        js[:, rise_at:] = 0.004 + 0.001 * torch.rand(6, L - rise_at, generator=g)
+        for t in mutate or ():
+            js[t, 8] = 0.2
+        out.append(fake_trace(words, p, js=js))
+    return claims.TraceSet.of(out)
+
+
+def flat(n_images=8, seed=1):
+    """Random-weight-like traces: p flat near 1/V, JS falling smoothly, no rise anywhere."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_images):
+        p = torch.full((6, L + 1), 0.02) + 0.001 * torch.rand(6, L + 1, generator=g)
+        js = (0.05 * 0.8 ** torch.arange(L, dtype=torch.float32)).repeat(6, 1)
+        js *= 1 + 0.05 * torch.rand(6, L, generator=g)
+        out.append(fake_trace(["the", "red", "boat", "is", "a", "fish"], p, js=js))
+    return claims.TraceSet.of(out)
+
+
+def test_estimate_rules_and_intervals():
+    data = np.array([0.9, 1.1, 1.0, 0.95, 1.05] * 4)
+    stat = lambda idx: float(data[idx].mean())  # noqa: E731
+    assert claims.estimate(stat, [20], ">=", 0.5, CFG).holds == "yes"
+    assert claims.estimate(stat, [20], ">=", 1.5, CFG).holds == "no"
+    e = claims.estimate(stat, [20], ">=", 1.0, CFG)
+    assert e.holds == "inconclusive" and e.low < 1.0 < e.high
+    assert claims.estimate(stat, [20], "<=", 1.5, CFG).holds == "yes"
+    zero = lambda idx: 0.0  # noqa: E731
+    assert claims.estimate(zero, [20], ">=", 0.0, CFG).holds == "yes"
+    assert claims.estimate(zero, [20], ">", 0.0, CFG).holds == "no"  # "more than" is strict
+    assert claims.estimate(lambda idx: math.nan, [20], ">", 0, CFG).holds == "inconclusive"
+    assert claims.estimate(stat, [1], ">=", 0.5, CFG).holds == "inconclusive"  # one unit
+
+
+def test_verdict_needs_the_model_and_not_the_control():
+    def est(h):
+        return Estimate(1.0, 0.9, 1.1, h, 10)
+
+    assert claims.decide(est("yes"), est("no")) == "shown"
+    assert claims.decide(est("yes"), est("inconclusive")) == "shown"
+    assert claims.decide(est("yes"), None) == "shown"
+    assert claims.decide(est("yes"), est("yes")) == "not shown"  # holds on noise too
+    assert claims.decide(est("no"), est("no")) == "not shown"
+    assert claims.decide(est("inconclusive"), est("no")) == "inconclusive"
+
+
+def test_token_probability_claims_both_ways():
+    good, bad, noise = traces(), traces(shallow_p=0.5, final_p=0.6), flat()
+    assert claims.near_zero_shallow(good, noise, CFG).verdict == "shown"
+    assert claims.near_zero_shallow(bad, noise, CFG).verdict == "not shown"
+    assert claims.sharp_rise(good, noise, CFG).verdict == "shown"
+    assert claims.sharp_rise(bad, noise, CFG).verdict == "not shown"
+    r = claims.near_zero_shallow(good, good, CFG)  # a control that shows it voids the claim
+    assert r.verdict == "not shown" and "holds on random weights too" in r.notes[-1]
+
+
+def test_content_tokens_keep_changing_both_ways():
+    good, same = traces(), traces()
+    for t in good.traces:  # content tokens (red, boat, fish) change top-1 at every deep layer
+        t.topk_ids[[1, 2, 5], :, 0] = torch.arange(L + 1)
+    assert claims.content_keeps_changing(good, same, CFG).verdict == "shown"
+    assert claims.content_keeps_changing(same, same, CFG).verdict == "not shown"
+    only_content = traces(words=["red", "boat", "fish", "tree", "sun", "cat"])
+    r = claims.content_keeps_changing(only_content, same, CFG)
+    assert r.verdict == "inconclusive" and math.isnan(r.model.value)  # no function word
+
+
+def test_divergence_and_stage_claims_both_ways():
+    good = traces(mutate=[1, 2, 5])  # content tokens rise again into layer 9
+    no_mutation, noise = traces(), flat()
+    assert claims.js_split(good, noise, CFG).verdict == "shown"
+    assert claims.js_split(flat(), noise, CFG).verdict == "not shown"
+    assert claims.entities_rise_again(good, noise, CFG).verdict == "shown"
+    assert claims.entities_rise_again(no_mutation, noise, CFG).verdict == "not shown"
+    assert good.stages.mutation_layers == [9]
+    assert claims.three_stages(good, noise, CFG).verdict == "shown"
+    assert claims.three_stages(no_mutation, noise, CFG).verdict == "not shown"
+    assert noise.stages.mutation_layers == []  # a smoothly falling curve: no mutation stage
+
+
+def labelled(hallucinated_mutate, correct_mutate, led, n=12):
+    rows = [np.array([[1, hallucinated_mutate, led], [0, correct_mutate, np.nan]], float)] * n
+    return LabelledTokens(rows)
+
+
+def test_hallucination_claims_both_ways():
+    noise = labelled(0, 0, 0)
+    assert claims.hallucinations_mutate(labelled(1, 0, 1), noise, CFG).verdict == "shown"
+    assert claims.hallucinations_mutate(labelled(1, 1, 1), noise, CFG).verdict == "not shown"
+    assert claims.correct_leads_first(labelled(1, 0, 1), noise, CFG).verdict == "shown"
+    assert claims.correct_leads_first(labelled(1, 0, 0), noise, CFG).verdict == "not shown"
+    empty = LabelledTokens([np.empty((0, 3))] * 5)
+    assert claims.hallucinations_mutate(empty, noise, CFG).verdict == "inconclusive"
+
+
+def counts(overlap1, chair_plain, chair2, chair3, n=12):
+    ones = np.ones(n) * 10
+    return PresetCounts(
+        nouns={k: ones for k in ("plain", "skip1", "skip2", "skip3")},
+        hallucinated={"plain": ones * chair_plain, "skip1": ones * chair_plain,
+                      "skip2": ones * chair2, "skip3": ones * chair3},
+        overlap={"plain": np.ones(n), "skip1": np.full(n, overlap1),
+                 "skip2": np.full(n, 0.9), "skip3": np.full(n, 0.5)},
+    )  # fmt: skip
+
+
+def test_skip_claims_both_ways():
+    good, bad = counts(0.95, 0.3, 0.1, 0.4), counts(0.5, 0.1, 0.3, 0.1)
+    assert [f(good, None, CFG).verdict for f in (claims.skip1_keeps, claims.skip2_fewer,
+            claims.skip3_more)] == ["shown"] * 3  # fmt: skip
+    assert [f(bad, None, CFG).verdict for f in (claims.skip1_keeps, claims.skip2_fewer,
+            claims.skip3_more)] == ["not shown"] * 3  # fmt: skip
+    no_presets = PresetCounts({"plain": np.ones(3)}, {"plain": np.ones(3)}, {"plain": np.ones(3)})
+    r = claims.skip2_fewer(no_presets, good, CFG)
+    assert r.verdict == "inconclusive" and "define no skip2 preset" in r.notes[0]
+
+
+def test_feature_claims_both_ways():
+    rng = np.random.default_rng(0)
+    fan = rng.normal(size=(20, L, 2)) * np.linspace(0.2, 3, L)[None, :, None]
+    ball = rng.normal(size=(20, 1, 2)).repeat(L, axis=1)  # the same spread at every layer
+    assert claims.tokens_diverge(fan, ball, CFG).verdict == "shown"
+    assert claims.tokens_diverge(ball, ball, CFG).verdict == "not shown"
+    assert claims.vqa_fan(fan, ball, CFG).verdict == "shown"
+    assert claims.vqa_fan(ball, ball, CFG).verdict == "not shown"
+
+
+def test_llm_and_compression_claims_both_ways():
+    mutating, calm = traces(mutate=[0, 1, 2, 3, 4, 5]), traces()
+    assert claims.llm_fewer_mutations((mutating, calm), (calm, calm), CFG).verdict == "shown"
+    assert claims.llm_fewer_mutations((calm, mutating), (calm, calm), CFG).verdict == "not shown"
+    keeps = SweepAnswers(2, np.full(20, 0.95), np.full(20, 0.93))
+    loses = SweepAnswers(2, np.full(20, 0.95), np.full(20, 0.70))
+    chance = SweepAnswers(2, np.full(20, 0.5), np.full(20, 0.5))
+    assert claims.compression(keeps, chance, CFG).verdict == "shown"
+    assert claims.compression(loses, chance, CFG).verdict == "not shown"
+    assert claims.compression(chance, chance, CFG).verdict == "not shown"  # nothing to keep
+
+
+def test_random_control_is_the_same_architecture_with_other_weights(tiny_llava):
+    control = claims.random_control(tiny_llava, seed=3)
+    assert type(control.model) is type(tiny_llava.model)
+    assert control.model.config.to_dict() == tiny_llava.model.config.to_dict()
+    a, b = tiny_llava.anatomy.lm_head.weight, control.anatomy.lm_head.weight
+    assert a.shape == b.shape and not torch.equal(a, b)
+    assert control.processor is tiny_llava.processor
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", ["testbed", "tiny-llava"])
+def test_no_claim_is_shown_on_random_weights(shape, tmp_path):
+    """Every claim's analysis run on random weights (model and control both random)."""
+    from lvlm_kit import data, load_model
+    from lvlm_kit.applications import compression_sweep, stable_layers_by_js
+    from lvlm_kit.features import answer_features, coords_array, project, token_features
+    from lvlm_kit.hallucination import object_token_events
+
+    base = load_model("testbed") if shape == "testbed" else make_tiny_llava()
+    model, control = claims.random_control(base, 0), claims.random_control(base, 1)
+    amber = data.resolve_amber("testbed-probe", tmp_path, 6, seed=0)
+    questions = data.resolve_amber("testbed-probe", tmp_path, 6, seed=0, queries="discriminative")
+    prompt, n = "describe this image.", 12
+    results = []
+    sets, llm, labelled, presets, xy, answers = {}, {}, {}, {}, {}, {}
+    for name, lm in (("model", model), ("control", control)):
+        events, trs, _ = object_token_events(lm, amber, prompt, n, progress=False)
+        sets[name] = claims.TraceSet.of(trs)
+        llm[name] = claims.TraceSet.of([trace(lm, None, p, n) for p in ("describe.", "a boat.")])
+        labelled[name] = claims.labelled_tokens(events, trs, sets[name].stages, CFG)
+        presets[name], _ = claims.preset_counts(lm, amber, trs, sets[name].stages, prompt, n,
+                                                progress=False)  # fmt: skip
+        hidden = [trace(lm, amber.image_path(q), prompt, n, keep_hidden=True)
+                  for q in amber.queries]  # fmt: skip
+        xy[name] = (
+            coords_array(project(token_features(hidden[0]), "tsne", seed=0)),
+            coords_array(project(answer_features(hidden), "tsne", perplexity=3, seed=0)),
+        )
+        k = min(1, len(stable_layers_by_js(sets[name].stages)))
+        points = compression_sweep(lm, amber, sets[name].stages, [k], questions, 3, progress=False)
+        answers[name] = claims.sweep_answers(points)
+    m, c = "model", "control"
+    for f in (claims.near_zero_shallow, claims.sharp_rise, claims.content_keeps_changing,
+              claims.js_split, claims.entities_rise_again, claims.three_stages):  # fmt: skip
+        results.append(f(sets[m], sets[c], CFG))
+    results += [claims.hallucinations_mutate(labelled[m], labelled[c], CFG),
+                claims.correct_leads_first(labelled[m], labelled[c], CFG),
+                claims.skip1_keeps(presets[m], presets[c], CFG),
+                claims.skip2_fewer(presets[m], presets[c], CFG),
+                claims.skip3_more(presets[m], presets[c], CFG),
+                claims.tokens_diverge(xy[m][0], xy[c][0], CFG),
+                claims.vqa_fan(xy[m][1], xy[c][1], CFG),
+                claims.llm_fewer_mutations((sets[m], llm[m]), (sets[c], llm[c]), CFG),
+                claims.compression(answers[m], answers[c], CFG)]  # fmt: skip
+    assert sorted(r.number for r in results) == list(range(1, 16))
+    shown = [r.sentence() for r in results if r.verdict == "shown"]
+    assert not shown, "\n".join(shown)
+    assert not detect_stages(sets[m].traces).mutation_layers or shape == "tiny-llava"
