@@ -33,7 +33,12 @@ from transformers import LogitsProcessor
 from .data import AmberData
 from .divergence import js_divergence
 from .generation import generate_texts
-from .hallucination import answer_correct, score_discriminative, score_generative
+from .hallucination import (
+    answer_correct,
+    noun_counts,
+    score_discriminative,
+    score_generative,
+)
 from .loading import LoadedModel
 from .stages import Stages, skip_preset
 from .surgery import LayerTap
@@ -235,7 +240,11 @@ def compare_decoding(
             generative, generative.queries, max_new_tokens, loaded=loaded,
             batch_size=batch_size, progress=progress, desc=name, **kw,
         )  # fmt: skip
-        results[name] = {**score_generative(answers, generative).as_dict(), "responses": answers}
+        results[name] = {
+            **score_generative(answers, generative).as_dict(),
+            "responses": answers,
+            "per_image": noun_counts(answers, generative),
+        }
         if "skip" in kw:
             results[name]["skipped"] = kw["skip"]
     return results

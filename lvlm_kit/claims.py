@@ -577,7 +577,7 @@ def preset_counts(
     import difflib
 
     from .generation import generate_texts
-    from .hallucination import analyse_response
+    from .hallucination import noun_counts
     from .stages import PRESETS, skip_preset
 
     images = [amber.image_path(q) for q in amber.queries]
@@ -591,13 +591,11 @@ def preset_counts(
                                      skip=layers, progress=progress, desc=name)  # fmt: skip
     nouns, hallucinated, overlap = {}, {}, {}
     for name, outs in texts.items():
-        found = [
-            analyse_response(text, ann["truth"], ann.get("hallu", []), amber.relation,
-                             amber.safe_words)
-            for text, ann in zip(outs, (amber.annotations[q["id"]] for q in amber.queries))
-        ]  # fmt: skip
-        nouns[name] = np.array([len(a.nouns) for a in found], float)
-        hallucinated[name] = np.array([len(a.hallucinated) for a in found], float)
+        rows = noun_counts(
+            [{"id": q["id"], "response": t} for q, t in zip(amber.queries, outs)], amber
+        )
+        nouns[name] = np.array([r["nouns"] for r in rows], float)
+        hallucinated[name] = np.array([r["hallucinated"] for r in rows], float)
         overlap[name] = np.array([
             difflib.SequenceMatcher(None, a.split(), b.split()).ratio()
             for a, b in zip(outs, texts["plain"])

@@ -198,6 +198,17 @@ def score_generative(
 # ---- discriminative scoring --------------------------------------------------------------
 
 
+def noun_counts(responses: Sequence[dict], data: AmberData) -> list[dict[str, int]]:
+    """Per generative response: ``{"nouns": kept nouns, "hallucinated": hallucinated nouns}``."""
+    out = []
+    for r in responses:
+        ann = data.annotations[r["id"]]
+        a = analyse_response(r["response"], ann["truth"], ann.get("hallu", []), data.relation,
+                             data.safe_words)  # fmt: skip
+        out.append({"nouns": a.n_counted, "hallucinated": len(a.hallucinated)})
+    return out
+
+
 def answer_correct(responses: Sequence[dict], data: AmberData) -> list[bool]:
     """Per discriminative response: does its yes/no (first word) match the annotation?"""
     return [_yes_no(r["response"]) == str(data.annotations[r["id"]]["truth"]).lower()

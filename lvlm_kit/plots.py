@@ -65,8 +65,16 @@ def js_heatmap(trace: Trace, max_tokens: int = 24) -> plt.Figure:
     return fig
 
 
-def js_curve(stages: Stages, curves: dict[str, Sequence[float]] | None = None) -> plt.Figure:
-    """Mean adjacent-layer JS with the three stages shaded (and optional extra curves)."""
+def js_curve(
+    stages: Stages,
+    curves: dict[str, Sequence[float]] | None = None,
+    traces: Sequence[Trace] | None = None,
+) -> plt.Figure:
+    """Mean adjacent-layer JS with the three stages shaded (and optional extra curves).
+
+    With the ``traces`` the stages came from, the mean gets a 95% confidence band
+    (bootstrap over tokens).
+    """
     fig, ax = plt.subplots(figsize=(7, 3.5))
     L, c = stages.n_layers, stages.critical_layer
     m = stages.stabilisation_end
@@ -78,6 +86,12 @@ def js_curve(stages: Stages, curves: dict[str, Sequence[float]] | None = None) -
             ax.axvspan(a, b, color=STAGE_COLOURS[name], alpha=0.35, label=name)
     x = np.arange(1, L + 1)  # JS(p_{j-1}, p_j) is drawn at layer j
     ax.plot(x, stages.js_curve, "k-o", ms=3, label="mean JS (all tokens)")
+    if traces:
+        js = np.concatenate([t.js.double().numpy() for t in traces])  # [tokens, L]
+        rng = np.random.default_rng(0)
+        means = np.stack([js[rng.integers(0, len(js), len(js))].mean(0) for _ in range(500)])
+        low, high = np.percentile(means, [2.5, 97.5], axis=0)
+        ax.fill_between(x, low, high, color="k", alpha=0.2, lw=0, label="95% CI")
     for name, values in (curves or {}).items():
         ax.plot(x, values, "-", marker=".", label=name)
     ax.set_yscale("log")
@@ -138,7 +152,13 @@ def sweep_plot(points: Sequence) -> plt.Figure:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     cols = ["object_precision", "object_recall", "existence_accuracy"]
     long = df.melt(id_vars="k", value_vars=[c for c in cols if df[c].notna().all()])
-    sns.lineplot(long, x="k", y="value", hue="variable", marker="o", ax=a)
+    long = long[long.variable != "existence_accuracy"]
+    if df["existence_correct"].notna().all():  # per image: mean with a 95% CI over images
+        per_image = [{"k": p.k, "variable": "existence_accuracy", "value": float(np.mean(v))}
+                     for p in points for v in p.existence_correct.values()]  # fmt: skip
+        long = pd.concat([long, pd.DataFrame(per_image)])
+    sns.lineplot(long, x="k", y="value", hue="variable", marker="o", ax=a,
+                 errorbar=("ci", 95), seed=0)  # fmt: skip
     a.set(xlabel="stable layers skipped", ylabel="score", ylim=(0, 1.02), title="quality")
     b.plot(df.k, df.speedup, "o-", label="measured")
     b.plot(df.k, df.ideal_speedup, "k--", label="ideal L/(L-k)")
@@ -148,10 +168,28 @@ def sweep_plot(points: Sequence) -> plt.Figure:
 
 
 def decoding_bars(results: dict[str, dict]) -> plt.Figure:
-    """Hallucination metrics per decoding variant (CHAIR, Hal lower is better)."""
-    rows = [{"variant": v, "metric": m, "value": r[m]} for v, r in results.items()
-            for m in ("chair", "hal", "cover") if m in r]  # fmt: skip
+    """Hallucination metrics per decoding variant (CHAIR, Hal lower is better).
+
+    A variant whose result holds ``per_image`` rows (``{"nouns", "hallucinated"}``) is drawn
+    as the mean over images of each image's CHAIR and Hal with a 95% confidence interval;
+    otherwise the pooled values are drawn without one.
+    """
+    rows = []
+    for v, r in results.items():
+        if "per_image" in r:
+            for img in r["per_image"]:
+                if img["nouns"]:
+                    rows.append({"variant": v, "metric": "chair",
+                                 "value": img["hallucinated"] / img["nouns"]})  # fmt: skip
+                rows.append(
+                    {"variant": v, "metric": "hal", "value": float(img["hallucinated"] > 0)}
+                )
+        else:
+            rows += [{"variant": v, "metric": m, "value": r[m]}
+                     for m in ("chair", "hal", "cover") if m in r]  # fmt: skip
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    sns.barplot(pd.DataFrame(rows), x="metric", y="value", hue="variant", ax=ax)
-    ax.set(ylim=(0, 1), title="hallucination metrics by decoding variant")
+    sns.barplot(pd.DataFrame(rows), x="metric", y="value", hue="variant", ax=ax,
+                errorbar=("ci", 95), seed=0)  # fmt: skip
+    ax.set(ylim=(0, 1), ylabel="mean over images (95% CI)",
+           title="hallucination metrics by decoding variant")  # fmt: skip
     return fig

@@ -93,7 +93,7 @@ pd.Series(st.summary())
 
 # %%
 notebook.show(plots.js_heatmap(traces[0]), OUTPUT_DIR, "fig4_js_heatmap")
-notebook.show(plots.js_curve(st), OUTPUT_DIR, "fig4_js_stages")
+notebook.show(plots.js_curve(st, traces=traces), OUTPUT_DIR, "fig4_js_stages")
 
 # %% [markdown]
 # ## 3. Key entities mutate in deep layers more than other tokens

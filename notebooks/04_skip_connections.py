@@ -115,6 +115,10 @@ table = {
         "hal": float((counts.hallucinated[name] > 0).mean()),
         "overlap_with_plain": float(counts.overlap[name].mean()),
         "skipped": presets.get(name, []),
+        "per_image": [
+            {"nouns": int(n), "hallucinated": int(h)}
+            for n, h in zip(counts.nouns[name], counts.hallucinated[name])
+        ],
     }
     for name in texts
 }

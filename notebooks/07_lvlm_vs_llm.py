@@ -109,7 +109,11 @@ pd.DataFrame({"LVLM": st_lvlm.summary(), "LLM": st_llm.summary()})
 # ## 2. Adjacent-layer JS of both
 
 # %%
-notebook.show(plots.js_curve(st_lvlm, {"LLM alone": st_llm.js_curve}), OUTPUT_DIR, "js_lvlm_vs_llm")
+notebook.show(
+    plots.js_curve(st_lvlm, {"LLM alone": st_llm.js_curve}, traces=lvlm_traces),
+    OUTPUT_DIR,
+    "js_lvlm_vs_llm",
+)
 
 # %% [markdown]
 # ## 3. The claims, with 95% confidence intervals and a random-weight control

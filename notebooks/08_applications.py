@@ -118,7 +118,12 @@ pd.DataFrame(sweep)
 # %%
 decoding = compare_decoding(lm, amber, st, MAX_NEW_TOKENS)
 notebook.show(plots.decoding_bars(decoding), OUTPUT_DIR, "decoding_variants")
-pd.DataFrame({k: {m: v for m, v in r.items() if m != "responses"} for k, r in decoding.items()}).T
+pd.DataFrame(
+    {
+        k: {m: v for m, v in r.items() if m not in ("responses", "per_image")}
+        for k, r in decoding.items()
+    }
+).T
 
 # %% [markdown]
 # ## 4. The claims, with 95% confidence intervals and a random-weight control
@@ -154,7 +159,10 @@ verdicts = notebook.record_claims(results, OUTPUT_DIR)
 # ## Headline numbers (recorded to `OUTPUT_DIR/metrics.json`)
 
 # %%
-table = {k: {m: v for m, v in r.items() if m != "responses"} for k, r in decoding.items()}
+table = {
+    k: {m: v for m, v in r.items() if m not in ("responses", "per_image")}
+    for k, r in decoding.items()
+}
 best = min(table, key=lambda k: table[k]["chair"])
 metrics = notebook.record(
     {

@@ -223,3 +223,28 @@ def test_no_claim_is_shown_on_random_weights(shape, tmp_path):
     shown = [r.sentence() for r in results if r.verdict == "shown"]
     assert not shown, "\n".join(shown)
     assert not detect_stages(sets[m].traces).mutation_layers or shape == "tiny-llava"
+
+
+def test_report_gathers_every_notebooks_claims(tmp_path):
+    import json
+
+    from lvlm_kit.reproduce import write_report
+
+    good, noise = traces(), flat()
+    results = {
+        "01_a": [claims.near_zero_shallow(good, noise, CFG)],
+        "03_b": [claims.js_split(good, noise, CFG), claims.sharp_rise(flat(), noise, CFG)],
+    }
+    for name, rs in results.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "claims.json").write_text(json.dumps([r.as_dict() for r in rs]))
+        (tmp_path / name / "metrics.json").write_text("{}")
+        (tmp_path / name / "fig.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    md, html = write_report(tmp_path)
+    text = md.read_text()
+    assert "Claims measured: 3; shown 2, not shown 1, inconclusive 0." in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "**" in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| 1", "| 2", "| 6"]
+    assert rows[1].endswith("**not shown** |") and "critical layer 4 of 12 (0.33)" in text
+    page = html.read_text()
+    assert page.count("<tr>") == 4 and page.count("data:image/png;base64,") == 3

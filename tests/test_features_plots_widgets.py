@@ -72,6 +72,20 @@ def test_plots_write_pngs(tr, tmp_path):
     assert "final_norm" in figs["probs"].axes[0].get_title()
 
 
+def test_means_are_drawn_with_confidence_intervals(tr):
+    st = detect_stages(tr)
+    ax = plots.js_curve(st, traces=[tr]).axes[0]
+    band = [c for c in ax.collections if c.get_label() == "95% CI"]
+    assert len(band) == 1
+    lows, highs = band[0].get_paths()[0].vertices[:, 1].min(), max(st.js_curve)
+    assert lows <= min(st.js_curve) and highs >= 0
+    per_image = [{"nouns": 4, "hallucinated": h} for h in (0, 1, 2, 0)]
+    ax = plots.decoding_bars({"plain": {"per_image": per_image}}).axes[0]
+    bars = {round(p.get_height(), 4) for p in ax.patches if p.get_height() > 0}
+    assert bars == {0.1875, 0.5}  # mean per-image CHAIR (0, .25, .5, 0) and Hal (0, 1, 1, 0)
+    assert len(ax.lines) == 2  # one error bar per bar
+
+
 def test_topk_table_and_summary(tr):
     table = topk_table(tr, 3, k=3)
     assert list(table.columns) == ["top1", "top2", "top3", "p(emitted)", "rank(emitted)"]
