@@ -39,6 +39,9 @@ from .trace import Trace
 if TYPE_CHECKING:
     import pandas as pd
 
+#: Added to the seed of :func:`random_control`.
+CONTROL_SEED_OFFSET = 7919
+
 Holds = Literal["yes", "no", "inconclusive"]
 Verdict = Literal["shown", "not shown", "inconclusive"]
 
@@ -274,14 +277,21 @@ def claim(
 def random_control(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
     """A random-weight copy of ``loaded``: same architecture and config, re-initialised.
 
-    The processor (and so the tokenizer and image preprocessing) is shared.
+    The processor (and so the tokenizer and image preprocessing) is shared. The seed is
+    offset from ``seed`` so that a model that is itself a seeded random initialisation
+    (a test model, say) never gets an identical control.
+
+    Raises:
+        RuntimeError: the re-initialised weights equal the model's.
     """
     from .anatomy import resolve_anatomy
 
     model = loaded.model
-    torch.manual_seed(seed)
+    torch.manual_seed(CONTROL_SEED_OFFSET + seed)
     config = copy.deepcopy(model.config)
     fresh = type(model)(config).to(dtype=model.dtype, device=loaded.input_device).eval()
+    if torch.equal(fresh.get_output_embeddings().weight, model.get_output_embeddings().weight):
+        raise RuntimeError("the random-weight control equals the model; pass another seed.")
     fresh.generation_config = copy.deepcopy(model.generation_config)
     return LoadedModel(fresh, loaded.processor, resolve_anatomy(fresh), f"{loaded.name} (random)")
 

@@ -166,7 +166,7 @@ def test_llm_and_compression_claims_both_ways():
 
 
 def test_random_control_is_the_same_architecture_with_other_weights(tiny_llava):
-    control = claims.random_control(tiny_llava, seed=3)
+    control = claims.random_control(tiny_llava, seed=0)  # tiny_llava is seed 0's init itself
     assert type(control.model) is type(tiny_llava.model)
     assert control.model.config.to_dict() == tiny_llava.model.config.to_dict()
     a, b = tiny_llava.anatomy.lm_head.weight, control.anatomy.lm_head.weight
