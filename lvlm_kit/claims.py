@@ -63,6 +63,9 @@ class ClaimConfig:
     # 3: content tokens "keep changing candidates": at least half a top-1 switch more per
     # token after the critical layer than function tokens.
     switch_gap: float = 0.5
+    # 3, 7: a comparison of word classes needs at least this many distinct words in each
+    # (a random-weight model repeating "sun." compares two words, not two classes).
+    min_distinct_words: int = 3
     # 4, 7, 14: "more often": a difference of shares above zero.
     more_often: float = 0.0
     # 5: "often": at least half of the hallucinated tokens ...
@@ -378,11 +381,12 @@ def content_keeps_changing(model: TraceSet, control: TraceSet, cfg: ClaimConfig)
             top1 = t.topk_ids[:, c:, 0]
             switches = (top1[:, 1:] != top1[:, :-1]).sum(1).double().numpy()
             content = np.array([token_kind(tok) == "content" for tok in t.tokens])
-            per_image.append(np.stack([switches, content.astype(float)], 1))
+            ids = t.token_ids.double().numpy()
+            per_image.append(np.stack([switches, content.astype(float), ids], 1))
 
         def stat(idx):
             rows = _pick(per_image, idx)
-            if not len(rows):
+            if not _two_classes(rows, cfg):
                 return math.nan
             s, content = rows[:, 0], rows[:, 1] > 0
             return _mean_where(s, content) - _mean_where(s, ~content)
@@ -414,14 +418,23 @@ def js_split(model: TraceSet, control: TraceSet, cfg: ClaimConfig) -> ClaimResul
                  control, cfg, notes=[f"split at layer {split}"])  # fmt: skip
 
 
+def _two_classes(rows: np.ndarray, cfg: ClaimConfig) -> bool:
+    """Whether rows ``[..., is content, token id]`` hold enough distinct words of each class."""
+    if not len(rows):
+        return False
+    content = rows[:, 1] > 0
+    return min(len(set(rows[content, 2])), len(set(rows[~content, 2]))) >= cfg.min_distinct_words
+
+
 def _token_flags(ts: TraceSet) -> list[np.ndarray]:
-    """Per image: rows (has a deep mutation, is a content token)."""
+    """Per image: rows (has a deep mutation, is a content token, token id)."""
     out, k = [], 0
     for t in ts.traces:
         muts = ts.stages.token_mutations[k : k + t.n_tokens]
         k += t.n_tokens
         content = [token_kind(tok) == "content" for tok in t.tokens]
-        out.append(np.array([[bool(m), c] for m, c in zip(muts, content)], float).reshape(-1, 2))
+        rows = [[bool(m), c, i] for m, c, i in zip(muts, content, t.token_ids.tolist())]
+        out.append(np.array(rows, float).reshape(-1, 3))
     return out
 
 
@@ -433,11 +446,10 @@ def entities_rise_again(model: TraceSet, control: TraceSet, cfg: ClaimConfig) ->
 
         def stat(idx):
             rows = _pick(flags, idx)
-            if not len(rows):
+            if not _two_classes(rows, cfg):
                 return math.nan
-            return _mean_where(rows[:, 0], rows[:, 1] > 0) - _mean_where(
-                rows[:, 0], rows[:, 1] == 0
-            )
+            content = rows[:, 1] > 0
+            return _mean_where(rows[:, 0], content) - _mean_where(rows[:, 0], ~content)
 
         return stat, [len(flags)]
 
@@ -726,7 +738,7 @@ def llm_fewer_mutations(
         lvlm, llm = (_token_flags(ts) for ts in pair)
 
         def stat(i, j):
-            a, b = _pick(lvlm, i).reshape(-1, 2), _pick(llm, j).reshape(-1, 2)
+            a, b = _pick(lvlm, i).reshape(-1, 3), _pick(llm, j).reshape(-1, 3)
             return float(a[:, 0].mean() - b[:, 0].mean()) if len(a) and len(b) else math.nan
 
         return stat, [len(lvlm), len(llm)]

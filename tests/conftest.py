@@ -3,6 +3,9 @@ import random
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Two test workers share the cores with the notebook kernels they start: idle OpenMP threads
+# must sleep, not spin (spinning threads of one process starve the other's, many times over).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest

@@ -91,6 +91,14 @@ def test_content_tokens_keep_changing_both_ways():
     only_content = traces(words=["red", "boat", "fish", "tree", "sun", "cat"])
     r = claims.content_keeps_changing(only_content, same, CFG)
     assert r.verdict == "inconclusive" and math.isnan(r.model.value)  # no function word
+    # A random model repeating "sun. sun. sun." compares two words, not two word classes.
+    repeats = traces(words=["sun", ".", "sun", ".", "sun", "."])
+    for t in repeats.traces:
+        t.token_ids[:] = torch.tensor([7, 8, 7, 8, 7, 8])
+        t.topk_ids[[0, 2, 4], :, 0] = torch.arange(L + 1)
+    r = claims.content_keeps_changing(repeats, same, CFG)
+    assert r.verdict == "inconclusive" and math.isnan(r.model.value)
+    assert claims.entities_rise_again(repeats, same, CFG).verdict == "inconclusive"
 
 
 def test_divergence_and_stage_claims_both_ways():
