@@ -358,8 +358,8 @@ def _write(root: Path, n: int, seed: int, priors, per_image: int, probe: bool) -
 def _read_vqa(path: Path) -> list[dict]:
     if path.is_dir():
         raise ValueError(
-            f'\'{path}\' is a folder; VQA needs a JSON file listing {{"image", "question", '
-            "\"answer\"} items (AMBER has no single-word VQA). Pass DATA='testbed' or such a file."
+            f"'{path}' is a folder without AMBER's layout; VQA needs an AMBER folder, a JSON "
+            'file listing {"image", "question", "answer"} items, or DATA="testbed".'
         )
     if not path.is_file():
         raise FileNotFoundError(f"VQA file not found: '{path}'.")
@@ -427,20 +427,31 @@ def resolve_amber(data: str, output_dir: str | Path, n_images: int, seed: int = 
 
 def vqa_items(data: str, output_dir: str | Path, objects: list[str], per_question: int,
               seed: int = 0) -> list[dict]:  # fmt: skip
-    """Single-word VQA items: ``{"image", "question", "answer"}``, ``per_question`` each.
+    """Single-word VQA items: ``{"image", "question", "answer"}``.
 
-    With ``data="testbed"`` the images are fresh scenes holding each object and the
-    question is "what colour is the {object}?"; otherwise ``data`` is a JSON file holding
-    such a list: ``[{"image": "path/to.jpg", "question": "what colour is the car?",
-    "answer": "red"}, ...]`` (``answer`` optional; relative image paths are taken from the
-    file's folder). AMBER has no single-word VQA questions, so an AMBER folder is refused.
+    - ``data="testbed"``: ``per_question`` fresh scenes holding each of ``objects``, asked
+      "what colour is the {object}?".
+    - an AMBER folder: its existence questions ("Is there a {object} in this image?",
+      answered yes or no), the first ``per_question * len(objects)`` of them.
+    - a JSON file holding such a list: ``[{"image": "path/to.jpg", "question": "what
+      colour is the car?", "answer": "red"}, ...]`` (``answer`` optional; relative image
+      paths are taken from the file's folder).
 
     Raises:
-        ValueError: ``data`` is a folder or not such a JSON list (the entry named).
+        ValueError: a folder that is not AMBER's layout, or not such a JSON list (the entry
+            named).
         FileNotFoundError: ``data`` does not exist.
     """
+    root = Path(data).expanduser()
+    if data not in TESTBED_DATA and (root / "data" / "annotations.json").is_file():
+        amber = read_amber(root, "existence")
+        return [
+            {"image": str(amber.image_path(q)), "question": q["query"],
+             "answer": str(amber.annotations[int(q["id"])]["truth"]).lower()}
+            for q in amber.queries[: per_question * len(objects)]
+        ]  # fmt: skip
     if data not in TESTBED_DATA:
-        return _read_vqa(Path(data).expanduser())
+        return _read_vqa(root)
     folder = Path(output_dir) / "vqa_images"
     folder.mkdir(parents=True, exist_ok=True)
     rng, out = random.Random(seed), []

@@ -19,8 +19,12 @@ NOTEBOOKS = REPO_ROOT / "notebooks"
 
 def run_notebooks(
     output: Path, parameters: dict[str, object] | None = None, only: list[str] | None = None
-) -> list[Path]:
-    """Execute the notebooks; returns the executed copies' paths.
+) -> tuple[list[Path], dict[str, str]]:
+    """Execute the notebooks; one that fails does not stop the others.
+
+    Returns:
+        ``(executed, failed)``: the executed copies' paths (failed ones included: papermill
+        saves them with the error), and notebook name -> its error.
 
     Args:
         output: folder for executed notebooks and their OUTPUT_DIRs.
@@ -45,23 +49,26 @@ def run_notebooks(
             raise FileNotFoundError(f"no notebook named {sorted(unknown)} in {NOTEBOOKS}")
         notebooks = [nb for nb in notebooks if nb.stem in only]
     output.mkdir(parents=True, exist_ok=True)
-    done = []
+    done, failed = [], {}
     for nb in notebooks:
         params = {"OUTPUT_DIR": str((output / nb.stem).resolve()), **(parameters or {})}
         target = output / nb.name
-        pm.execute_notebook(
-            str(nb), str(target), parameters=params, kernel_name="python3", cwd=str(NOTEBOOKS)
-        )
+        try:
+            pm.execute_notebook(
+                str(nb), str(target), parameters=params, kernel_name="python3", cwd=str(NOTEBOOKS)
+            )
+        except pm.PapermillExecutionError as exc:
+            failed[nb.stem] = f"{exc.ename}: {exc.evalue}"
         done.append(target)
-    return done
+    return done, failed
 
 
-def write_report(output: Path) -> tuple[Path, Path]:
+def write_report(output: Path, failed: dict[str, str] | None = None) -> tuple[Path, Path]:
     """Write ``REPORT.md`` and a self-contained ``report.html`` from the notebooks' claims.
 
     Reads every ``<output>/NN_name/claims.json`` and ``metrics.json``: a summary table (claim
     | paper | measured with CI | control | verdict), then a section per claim with its
-    notebook's main figure.
+    notebook's main figure. Notebooks in ``failed`` (name -> error) are listed first.
 
     Returns:
         The two paths.
@@ -111,6 +118,11 @@ def write_report(output: Path) -> tuple[Path, Path]:
         "bootstrap 95% interval; a claim is *shown* only when its interval lies on the "
         "claim's side of the threshold and the same analysis on a random-weight copy of the "
         "model does not show it.",
+        "",
+        *[
+            f"**Notebook {name} failed** ({error}); its claims are missing."
+            for name, error in (failed or {}).items()
+        ],
         "",
         header,
         *rows,
@@ -170,15 +182,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     parser.add_argument("--only", nargs="*", default=None, help="notebook stems to run")
     args = parser.parse_args(argv)
-    done = run_notebooks(args.output, {k: _value(v) for k, v in args.p}, args.only)
+    done, failed = run_notebooks(args.output, {k: _value(v) for k, v in args.p}, args.only)
     if not done:
         print(f"no notebooks in {NOTEBOOKS} yet; nothing to run.")
     for path in done:
-        print(f"executed {path}")
+        print(f"{'FAILED' if path.stem in failed else 'executed'} {path}")
     if done:
-        md, html = write_report(args.output)
+        md, html = write_report(args.output, failed)
         print(f"report: {md} and {html}")
-    return 0
+    for name, error in failed.items():
+        print(f"notebook {name} failed: {error}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

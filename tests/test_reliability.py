@@ -285,8 +285,12 @@ def test_notebook_parameters_are_checked_by_name():
 
 
 def test_vqa_data_that_is_a_folder_says_what_it_needs(tmp_path):
-    with pytest.raises(ValueError, match=r"is a folder; VQA needs a JSON file listing"):
+    with pytest.raises(ValueError, match=r"is a folder without AMBER's layout; VQA needs"):
         vqa_items(str(tmp_path), tmp_path, ["boat"], 2)
+    amber = export_amber(tmp_path / "amber", n_images=4, seed=0)  # existence questions
+    items = vqa_items(str(amber), tmp_path, ["boat", "fish"], 2)
+    assert len(items) == 4 and all(i["answer"] in ("yes", "no") for i in items)
+    assert items[0]["question"].startswith("Is there a ") and os.path.isfile(items[0]["image"])
     bad = tmp_path / "vqa.json"
     bad.write_text(json.dumps([{"image": "a.png"}]))
     with pytest.raises(ValueError, match="item 0: needs string 'image' and 'question'"):
@@ -319,3 +323,18 @@ def test_a_notebook_with_no_images_stops_at_its_parameters(tmp_path):
             progress_bar=False, execution_timeout=120, start_timeout=120,
         )  # fmt: skip
     assert not out.exists()  # stopped before anything was written
+
+
+@pytest.mark.slow
+def test_reproduce_goes_on_after_a_failing_notebook_and_says_so(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["reproduce", "--output", str(out), "--only", "00_quickstart", "06_features_vqa",
+            "-p", "IMAGES_PER_QUESTION", "0"]  # fmt: skip
+    assert main(args) == 1
+    printed = capsys.readouterr().out
+    assert (
+        "notebook 06_features_vqa failed: ParameterError: parameter IMAGES_PER_QUESTION=0"
+        in printed
+    )
+    assert (out / "00_quickstart" / "metrics.json").is_file()  # the other one ran
+    assert "**Notebook 06_features_vqa failed** (ParameterError" in (out / "REPORT.md").read_text()
