@@ -77,6 +77,7 @@ def write_report(output: Path, failed: dict[str, str] | None = None) -> tuple[Pa
     import html
     import json
 
+    from .claims import Estimate
     from .files import atomic_path
 
     claims, figures, model = [], {}, "?"
@@ -93,9 +94,7 @@ def write_report(output: Path, failed: dict[str, str] | None = None) -> tuple[Pa
     claims.sort(key=lambda c: c["number"])
 
     def est(e: dict | None) -> str:
-        if not e or e["value"] != e["value"]:
-            return "n/a"
-        return f"{e['value']:.3g} [{e['low']:.3g}, {e['high']:.3g}]"
+        return Estimate(**e).text() if e else "n/a"
 
     header = (
         "| # | claim (paper) | paper reports | statistic (rule) | measured [95% CI] | "
