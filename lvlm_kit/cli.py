@@ -20,6 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .loading import QUANTIZATIONS
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
@@ -32,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--prompt", help="prompt for a folder of images (overrides AMBER's)")
     t.add_argument("--queries", default="generative", help="AMBER query file (generative...)")
     t.add_argument("--max-new-tokens", type=int, default=64)
-    t.add_argument("--quantization", choices=["4bit", "8bit"])
+    t.add_argument("--quantization", choices=[q for q in QUANTIZATIONS if q])
     t.add_argument("--dtype", default="auto")
     t.add_argument("--lens-norm", default="final_norm", choices=["final_norm", "raw"])
     t.add_argument("--top-k", type=int, default=10)

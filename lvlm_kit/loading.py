@@ -1,7 +1,7 @@
 """Load a model, its processor and its anatomy from a hub id or a local folder.
 
-``load_model("llava-hf/llava-1.5-7b-hf", quantization="4bit")`` and
-``load_model("data/testbed/model")`` (or the shortcut ``load_model("testbed")``) go
+``load_model("llava-hf/llava-1.5-7b-hf", quantization="4bit")`` and the shipped testbed
+(``load_model("testbed")``, its base language model ``load_model("testbed-llm")``) go
 through the same code: transformers' ``from_pretrained`` resolves both, so nothing here
 depends on where the files came from.
 """
@@ -30,11 +30,16 @@ _VISION_CLASSES = {
     "llava_next": "LlavaNextForConditionalGeneration",
 }
 _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only")
-QUANTIZATIONS: tuple[str | None, ...] = (None, "4bit", "8bit")
+QUANTIZATIONS: tuple[str | None, ...] = (None, "4bit", "nf4", "fp4", "8bit")
 
-#: Named shortcuts for models shipped in this repository.
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHORTCUTS: dict[str, Path] = {"testbed": REPO_ROOT / "data" / "testbed" / "model"}
+#: Where the testbed's weights live inside the package (written by lvlm_kit.testbed.train).
+TESTBED_WEIGHTS = Path(__file__).resolve().parent / "testbed" / "weights"
+#: Named shortcuts for the models shipped in the package.
+SHORTCUTS: dict[str, Path] = {
+    "testbed": TESTBED_WEIGHTS / "lvlm",
+    "testbed-llm": TESTBED_WEIGHTS / "llm",
+}
 
 
 @dataclass
@@ -62,6 +67,26 @@ class LoadedModel:
     def forget_lens(self) -> None:
         """Drop the cached lenses (their float32 copies are rebuilt on next use)."""
         self._lenses.clear()
+
+    @property
+    def quantization(self) -> str | None:
+        """``"nf4"``, ``"fp4"`` (with ``+dq`` for double quantization), ``"8bit"``, or None."""
+        q = getattr(self.model.config, "quantization_config", None)
+        if q is None:
+            return None
+        q = q if isinstance(q, dict) else q.to_dict()
+        if q.get("load_in_8bit"):
+            return "8bit"
+        if q.get("load_in_4bit"):
+            kind = q.get("bnb_4bit_quant_type", "nf4")
+            return f"{kind}+dq" if q.get("bnb_4bit_use_double_quant") else kind
+        return str(q.get("quant_method", "quantized"))
+
+    @property
+    def precision(self) -> str:
+        """The weights' dtype, or quantization and compute dtype, e.g. ``"nf4/torch.float32"``."""
+        dtype = str(self.model.dtype)
+        return dtype if self.quantization is None else f"{self.quantization}/{dtype}"
 
     @property
     def tokenizer(self) -> Any:
@@ -115,8 +140,21 @@ def resolve_source(id_or_dir: str | Path) -> str:
     return key
 
 
-def quantization_config(quantization: str | None, compute_dtype: torch.dtype = torch.bfloat16):
-    """The ``BitsAndBytesConfig`` for ``"4bit"`` (NF4, double quant) or ``"8bit"``, or None.
+def quantization_config(
+    quantization: str | None,
+    compute_dtype: torch.dtype = torch.bfloat16,
+    skip_modules: list[str] | None = None,
+):
+    """The ``BitsAndBytesConfig`` for a quantization name, or None.
+
+    Names: ``"4bit"`` (NF4 with double quantization, the usual QLoRA / Colab setting),
+    ``"nf4"`` and ``"fp4"`` (4-bit without double quantization), ``"8bit"`` (LLM.int8).
+
+    Args:
+        quantization: one of :data:`QUANTIZATIONS`.
+        compute_dtype: dtype of the 4-bit matrix products.
+        skip_modules: module names kept in full precision (transformers'
+            ``llm_int8_skip_modules``, used by 4-bit too); the language head is always kept.
 
     Raises:
         ValueError: an unknown quantization name.
@@ -127,18 +165,20 @@ def quantization_config(quantization: str | None, compute_dtype: torch.dtype = t
         return None
     from transformers import BitsAndBytesConfig
 
-    if quantization == "4bit":
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype,
-        )
-    return BitsAndBytesConfig(load_in_8bit=True)
+    skip = {"llm_int8_skip_modules": ["lm_head", *skip_modules]} if skip_modules else {}
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, **skip)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="fp4" if quantization == "fp4" else "nf4",
+        bnb_4bit_use_double_quant=quantization == "4bit",
+        bnb_4bit_compute_dtype=compute_dtype,
+        **skip,
+    )
 
 
 def check_quantization_runs(quantization: str | None) -> None:
-    """Raise one clear error when bitsandbytes cannot run the requested quantization here."""
+    """Raise one clear error when bitsandbytes, needed for ``quantization``, cannot import."""
     if quantization is None:
         return
     try:
@@ -149,12 +189,79 @@ def check_quantization_runs(quantization: str | None) -> None:
             f"import ({exc}). Install it (`pip install bitsandbytes`) or load with "
             "quantization=None and dtype='bfloat16'."
         ) from None
-    if not torch.cuda.is_available():
-        raise RuntimeError(
-            f"quantization={quantization!r} needs bitsandbytes on a CUDA GPU, and this machine "
-            "has none. Load with quantization=None (dtype='bfloat16' halves memory) or run on "
-            "a GPU machine."
-        )
+
+
+#: bitsandbytes' 4-bit CPU kernel (used where the CPU has AVX512-BF16) packs weights in
+#: blocks: a quantized linear layer needs in_features divisible by 64 and out_features by 32.
+CPU_4BIT_IN, CPU_4BIT_OUT = 64, 32
+
+
+def _skipped(name: str, patterns: list[str]) -> bool:
+    """Whether module ``name`` matches a skip pattern (a dotted part of its path)."""
+    return any(f".{p}." in f".{name}." for p in patterns)
+
+
+def cpu_4bit_blockers(model: nn.Module, skip_modules: list[str] | None = None) -> dict[str, str]:
+    """Linear layers that bitsandbytes' packed 4-bit CPU kernel cannot run.
+
+    Args:
+        model: the model, on any device (a ``meta``-device skeleton is enough).
+        skip_modules: patterns of modules kept in full precision (see
+            :func:`quantization_config`); the language head is always kept.
+
+    Returns:
+        ``{module name: "in -> out"}`` for each linear layer whose shape the kernel rejects.
+    """
+    patterns = ["lm_head", *(skip_modules or [])]
+    return {
+        name: f"{m.in_features} -> {m.out_features}"
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+        and not _skipped(name, patterns)
+        and (m.in_features % CPU_4BIT_IN or m.out_features % CPU_4BIT_OUT)
+    }
+
+
+def _cpu_packs_4bit() -> bool:
+    """True where bitsandbytes runs 4-bit inference through its packed AVX512-BF16 kernel."""
+    try:
+        from bitsandbytes.functional import has_avx512bf16
+
+        return bool(has_avx512bf16())
+    except Exception:  # older bitsandbytes: no packed CPU path
+        return False
+
+
+def check_quantizable(
+    cls: Any, config: Any, quantization: str | None, skip_modules: list[str] | None, on_cpu: bool
+) -> None:
+    """Raise one clear error, before any weight loads, when 4-bit cannot run here.
+
+    Builds the model's skeleton on the ``meta`` device (no memory) and lists the linear
+    layers bitsandbytes' 4-bit CPU kernel rejects, with the fix.
+
+    Raises:
+        ValueError: names the modules, their shapes and the ``skip_modules`` that keeps
+            them in full precision.
+    """
+    if quantization in (None, "8bit") or not on_cpu or not _cpu_packs_4bit():
+        return
+    with torch.device("meta"):
+        build = cls.from_config if hasattr(cls, "from_config") else cls._from_config
+        skeleton = build(config)
+    blockers = cpu_4bit_blockers(skeleton, skip_modules)
+    if not blockers:
+        return
+    kinds = sorted({name.rsplit(".", 1)[-1] for name in blockers})
+    shown = "; ".join(f"{n} ({s})" for n, s in list(blockers.items())[:4])
+    more = f" and {len(blockers) - 4} more" if len(blockers) > 4 else ""
+    raise ValueError(
+        f"quantization={quantization!r} cannot run on this CPU: bitsandbytes' 4-bit CPU kernel "
+        f"needs linear layers with in_features divisible by {CPU_4BIT_IN} and out_features by "
+        f"{CPU_4BIT_OUT}, and {len(blockers)} are not: {shown}{more}. Keep them in full "
+        f"precision with load_model(..., skip_modules={kinds}), use quantization='8bit', or "
+        "run on a GPU."
+    )
 
 
 def check_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
@@ -193,6 +300,7 @@ def load_model(
     quantization: str | None = None,
     dtype: str | torch.dtype = "auto",
     device_map: str | dict | None = None,
+    skip_modules: list[str] | None = None,
     **from_pretrained_kwargs: Any,
 ) -> LoadedModel:
     """Load a supported model with its processor and anatomy.
@@ -200,12 +308,14 @@ def load_model(
     Args:
         id_or_dir: hub id (``"llava-hf/llava-1.5-7b-hf"``), local folder, or shortcut
             (``"testbed"``).
-        quantization: None, ``"4bit"`` or ``"8bit"`` (bitsandbytes, CUDA only).
+        quantization: None, ``"4bit"`` (NF4, double quant), ``"nf4"``, ``"fp4"`` or
+            ``"8bit"`` (bitsandbytes; on a GPU, and on the CPU with bitsandbytes >= 0.49).
         dtype: ``"auto"`` (the checkpoint's), ``"float32"``, ``"bfloat16"`` or ``"float16"``
             (or the torch dtype itself).
         device_map: passed to accelerate (``"auto"``, ``"cpu"``, a dict...). None puts the
-            whole model on the GPU if there is one, else the CPU. Quantized loads default
-            to ``"auto"``.
+            whole model on the GPU if there is one, else the CPU (quantized loads too).
+        skip_modules: with quantization, module names kept in full precision (e.g.
+            ``["down_proj"]`` or ``["vision_tower"]``).
         **from_pretrained_kwargs: forwarded to ``from_pretrained`` (e.g. ``revision``).
 
     Returns:
@@ -214,8 +324,10 @@ def load_model(
     Raises:
         FileNotFoundError: a missing local folder or shortcut.
         ValueError: an unknown dtype or quantization.
-        RuntimeError: quantization requested where bitsandbytes cannot run, or a CUDA
+        RuntimeError: quantization requested without bitsandbytes, or a CUDA
             ``device_map`` without a GPU.
+        ValueError: also for 4-bit on a CPU whose kernel rejects some layer shapes (the
+            error names them and the ``skip_modules`` that fixes it).
         NotImplementedError: an unsupported architecture (before any weight is loaded).
         OSError: a hub id that cannot be found locally or downloaded.
     """
@@ -223,11 +335,16 @@ def load_model(
     from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
     torch_dtype = check_dtype(dtype)
-    bnb = quantization_config(
-        quantization, torch.bfloat16 if torch_dtype == "auto" else torch_dtype
-    )
-    check_quantization_runs(quantization)
     check_device_map(device_map)
+    on_cpu = not torch.cuda.is_available() or device_map == "cpu"
+    if skip_modules and quantization is None:
+        raise ValueError("skip_modules only applies to a quantized load; pass quantization too.")
+    if torch_dtype == "auto":  # the 4-bit products: float32 on the CPU, bfloat16 on a GPU
+        compute = torch.float32 if on_cpu else torch.bfloat16
+    else:
+        compute = torch_dtype
+    bnb = quantization_config(quantization, compute, skip_modules)
+    check_quantization_runs(quantization)
     source = resolve_source(id_or_dir)
     # Where to find the files: also for the config and the processor, not only the weights.
     hub = {k: v for k, v in from_pretrained_kwargs.items() if k in _HUB_KWARGS}
@@ -244,10 +361,11 @@ def load_model(
         cls = getattr(transformers, _VISION_CLASSES[config.model_type])
     else:
         cls = transformers.AutoModelForCausalLM
+    check_quantizable(cls, config, quantization, skip_modules, on_cpu)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, **from_pretrained_kwargs}
     if bnb is not None:
         kwargs["quantization_config"] = bnb
-        kwargs["device_map"] = device_map or "auto"
+        kwargs["device_map"] = device_map or ("cpu" if on_cpu else "auto")
     elif device_map is not None:
         kwargs["device_map"] = device_map
     model = cls.from_pretrained(source, **kwargs)

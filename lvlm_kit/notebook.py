@@ -98,7 +98,7 @@ def load(
     imprecise there).
     """
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    if dtype == "auto" and on_cpu and quantization is None:
+    if dtype == "auto" and on_cpu:
         dtype = "float32"
     device_map = None if device == "auto" else device
     return load_model(model, quantization, dtype, device_map=device_map)

@@ -227,7 +227,7 @@ def trace_dataset(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = store_settings(
-        loaded.name, str(loaded.model.dtype), items, source, max_new_tokens, **trace_kwargs
+        loaded.name, loaded.precision, items, source, max_new_tokens, **trace_kwargs
     )
     check_settings(out, settings, overwrite)
     key = digest(settings)

@@ -402,7 +402,7 @@ def trace(
         meta={
             "max_new_tokens": max_new_tokens,
             "top_k": top_k,
-            "model_dtype": str(loaded.model.dtype),
+            "model_dtype": loaded.precision,
             "n_layers": loaded.anatomy.n_layers,
             "vocab_size": lens.vocab_size,
             "skipped_layers": skipped,

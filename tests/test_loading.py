@@ -7,7 +7,6 @@ from transformers import GPT2Config
 
 from lvlm_kit import load_model, trace
 from lvlm_kit import loading as loading_mod
-from lvlm_kit.loading import check_quantization_runs, quantization_config
 
 
 def test_local_llava_round_trip(saved_llava, tiny_llava, image):
@@ -33,23 +32,6 @@ def test_bad_dtype_and_quantization(saved_llava):
         load_model(saved_llava, dtype="float8")
     with pytest.raises(ValueError, match="quantization='3bit' is unknown"):
         load_model(saved_llava, quantization="3bit")
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="asserts the no-GPU error path")
-@pytest.mark.parametrize("q", ["4bit", "8bit"])
-def test_quantization_without_gpu_is_one_clear_error(saved_llava, q):
-    with pytest.raises(RuntimeError, match="needs bitsandbytes on a CUDA GPU.*quantization=None"):
-        load_model(saved_llava, quantization=q)
-    with pytest.raises(RuntimeError, match="CUDA"):
-        check_quantization_runs(q)
-
-
-def test_quantization_configs():
-    four = quantization_config("4bit", torch.float16)
-    assert four.load_in_4bit and four.bnb_4bit_quant_type == "nf4"
-    assert four.bnb_4bit_use_double_quant and four.bnb_4bit_compute_dtype == torch.float16
-    assert quantization_config("8bit").load_in_8bit
-    assert quantization_config(None) is None
 
 
 def test_missing_folder_and_missing_config(tmp_path):
