@@ -9,11 +9,14 @@ the one image of §5). The same analysis on a random-weight copy of the model
 verdict:
 
 - ``shown``: the interval lies on the claim's side of the threshold on the model, and the
-  control does not show it (a statistic that holds on noise says nothing);
+  control's interval lies on the other side, or the control has no value (for example a
+  random model that generates no function words; a statistic that holds on noise says
+  nothing);
 - ``not shown``: the interval lies on the other side on the model, or the control shows it
   as well;
-- ``inconclusive``: the interval straddles the threshold (more images would tell), or
-  the statistic cannot be computed (for example no function words were generated).
+- ``inconclusive``: the model's interval straddles the threshold (more images would
+  tell), the statistic cannot be computed, or the model shows it and the control's
+  interval straddles the threshold (random weights might show it too).
 
 Layers are lens layers 0..L (0 is the embedding output); claims that name a layer also give
 it as relative depth j / L, so the testbed's 3 of 12 reads beside the paper's ~18-20 of 32.
@@ -31,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from .compare import Comparison
 from .data import AmberData
 from .loading import LoadedModel
 from .stages import Stages, critical_split, detect_stages, token_kind
@@ -86,6 +90,17 @@ class ClaimConfig:
     little_cost: float = 0.05
     # ... from an unskipped accuracy of at least this (chance is 0.5).
     min_accuracy: float = 0.75
+    # 16-20, the kit's checks of a quantized run against full precision:
+    # 16: "says the same": at least this share of the reference's tokens, in order.
+    same_tokens: float = 0.9
+    # 17: "the same lens": the worst layer's mean KL(full || quantized) at most this (nats).
+    lens_close: float = 0.1
+    # 18: "the same JS curve": mean correlation of the per-image curves at least this.
+    js_kept: float = 0.9
+    # 19: "the same stages": critical and first mutation layer move at most this many layers.
+    stages_kept: float = 1.0
+    # 20: "hallucinates as often": CHAIR and Cover each change by at most this.
+    hallucination_kept: float = 0.05
 
 
 @dataclass
@@ -135,7 +150,8 @@ class ClaimResult:
         return asdict(self)
 
 
-#: The paper's claims: number -> (key, sentence, section/figure, what the paper reported).
+#: The claims: number -> (key, sentence, section/figure, what the paper reported). 1-15 are
+#: the paper's; 16-20 are the kit's checks that a quantized run shows the same picture.
 PAPER: dict[int, tuple[str, str, str, str]] = {
     1: ("near_zero_shallow", "token probabilities are near zero in shallow layers",
         "§3, Fig. 2", "≈ 0 before the critical layers"),
@@ -167,6 +183,17 @@ PAPER: dict[int, tuple[str, str, str, str]] = {
          "no clear mutation in the LLM"),
     15: ("compression", "skipping stable layers compresses the model at little cost",
          "§6", "little accuracy lost"),
+    16: ("quant_same_tokens", "a quantized run generates the same tokens", "kit, 09",
+         "not in the paper (run in fp16)"),
+    17: ("quant_lens_close", "a quantized run's lens distributions match full precision",
+         "kit, 09", "not in the paper (run in fp16)"),
+    18: ("quant_js_kept", "a quantized run has the same adjacent-layer JS curve", "kit, 09",
+         "not in the paper (run in fp16)"),
+    19: ("quant_stages_kept", "a quantized run has the same critical and mutation layers",
+         "kit, 09", "not in the paper (run in fp16)"),
+    20: ("quant_hallucination_kept", "a quantized run hallucinates as often and names as "
+         "many real objects", "kit, 09",
+         "not in the paper (run in fp16)"),
 }  # fmt: skip
 
 
@@ -231,6 +258,8 @@ def decide(model: Estimate, control: Estimate | None) -> Verdict:
         return "inconclusive"
     if control is not None and control.holds == "yes":
         return "not shown"
+    if control is not None and control.holds == "inconclusive" and not math.isnan(control.value):
+        return "inconclusive"  # random weights might show it too
     return "shown"
 
 
@@ -263,14 +292,23 @@ def claim(
     """
     key, paper, figure, paper_number = PAPER[number]
     model = estimate(*make(model_data), rule, threshold, cfg, n_boot)
-    control = None if control_data is None else estimate(
-        *make(control_data), rule, threshold, cfg, n_boot
-    )  # fmt: skip
+    cache = getattr(control_data, "estimates", None)  # a control shared by several claims
+    if control_data is None:
+        control = None
+    elif cache is not None and (number, cfg) in cache:
+        control = cache[(number, cfg)]
+    else:
+        control = estimate(*make(control_data), rule, threshold, cfg, n_boot)
+        if cache is not None:
+            cache[(number, cfg)] = control
     notes = list(notes)
     if control is None:
         notes.append("the control has no such measurement (it cannot show the claim)")
     elif control.holds == "yes":
         notes.append("the statistic holds on random weights too, so it says nothing here")
+    elif control.holds == "inconclusive" and not math.isnan(control.value):
+        notes.append("on random weights the interval straddles the threshold: they might "
+                     "show it too")  # fmt: skip
     return ClaimResult(
         number, key, paper, figure, paper_number, statistic, f"{rule} {threshold:g}",
         model, control, decide(model, control), notes,
@@ -795,6 +833,101 @@ def compression(model: SweepAnswers, control: SweepAnswers | None, cfg: ClaimCon
                  0.0, make, model, control, cfg,
                  notes=[f"existence accuracy {model.base.mean():.3f} unskipped, "
                         f"{model.skipped.mean():.3f} with {model.k} layers skipped"])  # fmt: skip
+
+
+# ---- the kit's checks of a quantized run (notebook 09) ------------------------------------
+
+
+def _variant(result: ClaimResult, comparison: Comparison) -> ClaimResult:
+    """Name the compared run in the claim's key and statistic (one claim per variant)."""
+    result.key = f"{result.key}[{comparison.other.name}]"
+    result.statistic = f"{comparison.other.name}: {result.statistic}"
+    return result
+
+
+def quant_same_tokens(model: Comparison, control: Comparison, cfg: ClaimConfig) -> ClaimResult:
+    """Claim 16: mean share of the full-precision tokens reproduced in order."""
+
+    def make(c: Comparison):
+        return (lambda idx: float(c.token_agreement[idx].mean())), [len(c.token_agreement)]
+
+    return _variant(claim(16, "share of the full-precision tokens reproduced in order", ">=",
+                          cfg.same_tokens, make, model, control, cfg), model)  # fmt: skip
+
+
+def quant_lens_close(model: Comparison, control: Comparison, cfg: ClaimConfig) -> ClaimResult:
+    """Claim 17: the worst lens layer's mean KL(full || other), on the full model's tokens."""
+
+    def make(c: Comparison):
+        return (lambda idx: float(c.lens_kl[idx].mean(0).max())), [len(c.lens_kl)]
+
+    worst = int(model.lens_kl.mean(0).argmax())
+    return _variant(claim(17, "KL(full ‖ quantized) of the lens, worst layer, nats", "<=",
+                          cfg.lens_close, make, model, control, cfg,
+                          notes=[f"worst lens layer {worst}"]), model)  # fmt: skip
+
+
+def quant_js_kept(model: Comparison, control: Comparison, cfg: ClaimConfig) -> ClaimResult:
+    """Claim 18: mean Pearson correlation of the per-image adjacent-layer JS curves."""
+
+    def make(c: Comparison):
+        return (lambda idx: float(c.js_correlation[idx].mean())), [len(c.js_correlation)]
+
+    return _variant(claim(18, "correlation of the adjacent-layer JS curves", ">=", cfg.js_kept,
+                          make, model, control, cfg), model)  # fmt: skip
+
+
+def quant_stages_kept(model: Comparison, control: Comparison, cfg: ClaimConfig) -> ClaimResult:
+    """Claim 19: the larger shift of the critical and the first mutation layer (layers).
+
+    Stages are re-detected on each resample of the images, on both runs.
+    """
+
+    def make(c: Comparison):
+        def stat(idx):
+            a = detect_stages([c.reference.traces[i] for i in idx])
+            b = detect_stages([c.other.traces[i] for i in idx])
+            return float(max(abs(a.critical_layer - b.critical_layer),
+                             abs(a.stabilisation_end - b.stabilisation_end)))  # fmt: skip
+
+        return stat, [len(c.reference.traces)]
+
+    ref, other = model.reference.stages, model.other.stages
+    note = (f"critical layer {ref.critical_layer} -> {other.critical_layer}, first mutation "
+            f"layer {ref.stabilisation_end} -> {other.stabilisation_end}")  # fmt: skip
+    return _variant(claim(19, "shift of critical / first mutation layer, layers", "<=",
+                          cfg.stages_kept, make, model, control, cfg, n_boot=cfg.n_boot_stages,
+                          notes=[note]), model)  # fmt: skip
+
+
+def quant_hallucination_kept(
+    model: Comparison, control: Comparison, cfg: ClaimConfig
+) -> ClaimResult:
+    """Claim 20: the larger of |CHAIR change| and |Cover change|, pooled over the images.
+
+    Cover is part of it because a model that names nothing has a CHAIR of 0 too.
+    """
+
+    def rate(a: np.ndarray, b: np.ndarray, idx: np.ndarray) -> float:
+        return float(a[idx].sum() / max(b[idx].sum(), 1))
+
+    def make(c: Comparison):
+        ref, other = c.reference, c.other
+
+        def stat(idx):
+            chair = rate(other.hallucinated, other.counted, idx) - rate(
+                ref.hallucinated, ref.counted, idx)  # fmt: skip
+            cover = rate(other.covered, other.truth, idx) - rate(ref.covered, ref.truth, idx)
+            return float(max(abs(chair), abs(cover)))
+
+        return stat, [len(ref.traces)]
+
+    ref, other = model.reference, model.other
+    note = (f"CHAIR {ref.chair:.3f} -> {other.chair:.3f}, Cover {ref.cover:.3f} -> "
+            f"{other.cover:.3f}")  # fmt: skip
+    return _variant(claim(20, "larger absolute change of CHAIR and Cover", "<=",
+                          cfg.hallucination_kept, make, model, control, cfg, notes=[note]),
+                    model)  # fmt: skip
 
 
 def table(results: Sequence[ClaimResult]) -> str:

@@ -8,6 +8,7 @@ depends on where the files came from.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,25 @@ def check_quantizable(
     )
 
 
+class _Once(logging.Filter):
+    """Let a log message that starts with ``prefix`` through once per process."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix, self.seen = prefix, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(self.prefix):
+            return True
+        seen, self.seen = self.seen, True
+        return not seen
+
+
+#: bitsandbytes logs this at every 8-bit matrix product whose input is not float16 (a
+#: notebook's output grew to 6 MB of it); once says it.
+_INT8_CAST = _Once("MatMul8bitLt: inputs will be cast")
+
+
 def check_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
     """A dtype name of :data:`DTYPES` or one of its torch dtypes, as ``from_pretrained`` takes it.
 
@@ -345,6 +365,10 @@ def load_model(
         compute = torch_dtype
     bnb = quantization_config(quantization, compute, skip_modules)
     check_quantization_runs(quantization)
+    if quantization == "8bit":
+        bnb_log = logging.getLogger("bitsandbytes.autograd._functions")
+        if _INT8_CAST not in bnb_log.filters:
+            bnb_log.addFilter(_INT8_CAST)
     source = resolve_source(id_or_dir)
     # Where to find the files: also for the config and the processor, not only the weights.
     hub = {k: v for k, v in from_pretrained_kwargs.items() if k in _HUB_KWARGS}

@@ -68,6 +68,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "LLM_MODEL": (lambda v: v is None or _text(v), "None or a causal LM id / folder"),
     "LLM_PROMPTS": (_texts, "a non-empty list of prompts"),
+    "VARIANTS": (
+        lambda v: isinstance(v, list) and bool(v) and all(q in QUANTIZATIONS and q for q in v),
+        f"a non-empty list of quantizations from {QUANTIZATIONS[1:]}",
+    ),
 }
 
 
@@ -126,7 +130,7 @@ def start(name: str, **parameters: Any) -> tuple[Path, LoadedModel]:
     lm = load(
         parameters["MODEL"], parameters["QUANTIZATION"], parameters["DEVICE"], parameters["DTYPE"]
     )
-    print(f"{parameters['MODEL']}: {lm.anatomy.n_layers} decoder layers, {lm.model.dtype}; "
+    print(f"{parameters['MODEL']}: {lm.anatomy.n_layers} decoder layers, {lm.precision}; "
           f"outputs in {out}")  # fmt: skip
     return out, lm
 

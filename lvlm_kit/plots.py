@@ -193,3 +193,30 @@ def decoding_bars(results: dict[str, dict]) -> plt.Figure:
     ax.set(ylim=(0, 1), ylabel="mean over images (95% CI)",
            title="hallucination metrics by decoding variant")  # fmt: skip
     return fig
+
+
+def layer_lines(
+    curves: dict[str, np.ndarray], ylabel: str, title: str, log: bool = False
+) -> plt.Figure:
+    """Per-layer curves of several runs, each with a 95% band over images.
+
+    Args:
+        curves: run name -> ``[images, layers]`` values (e.g. the per-layer lens KL).
+        ylabel: what the values are.
+        title: the figure's title.
+        log: logarithmic y axis.
+    """
+    rows = [
+        (name, layer, float(v))
+        for name, values in curves.items()
+        for image in np.asarray(values)
+        for layer, v in enumerate(image)
+    ]
+    df = pd.DataFrame(rows, columns=["run", "layer", ylabel])
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    sns.lineplot(df, x="layer", y=ylabel, hue="run", marker="o", errorbar=("ci", 95),
+                 n_boot=500, seed=0, ax=ax)  # fmt: skip
+    if log:
+        ax.set_yscale("log")
+    ax.set(xlabel="lens layer j", title=title)
+    return fig

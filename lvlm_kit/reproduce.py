@@ -116,7 +116,8 @@ def write_report(output: Path, failed: dict[str, str] | None = None) -> tuple[Pa
         f"{counts['not shown']}, inconclusive {counts['inconclusive']}. Each statistic has a "
         "bootstrap 95% interval; a claim is *shown* only when its interval lies on the "
         "claim's side of the threshold and the same analysis on a random-weight copy of the "
-        "model does not show it.",
+        "model lies on the other side (or gives no value); a random-weight interval that "
+        "straddles the threshold leaves the claim inconclusive.",
         "",
         *[
             f"**Notebook {name} failed** ({error}); its claims are missing."

@@ -54,6 +54,8 @@ class ResidualRecorder:
     Args:
         anatomy: the model's :class:`~lvlm_kit.anatomy.Anatomy`.
         device: where to keep the captured states (default: where they were computed).
+        all_positions: keep every position of the (batch-1) sequence, not only the last:
+            each step is then ``[L+1, seq, d]`` (for teacher-forced reading of a sequence).
 
     Example:
         >>> with ResidualRecorder(anatomy) as rec:
@@ -61,16 +63,22 @@ class ResidualRecorder:
         >>> rec.stacked().shape  # [K, L+1, d]
     """
 
-    def __init__(self, anatomy: Anatomy, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        anatomy: Anatomy,
+        device: torch.device | str | None = None,
+        all_positions: bool = False,
+    ) -> None:
         self.anatomy = anatomy
         self.device = device
+        self.all_positions = all_positions
         self.steps: list[torch.Tensor] = []  # K tensors [L+1, d]
         self._current: list[torch.Tensor] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _keep(self, hidden: torch.Tensor) -> torch.Tensor:
-        last = hidden[0, -1].detach()
-        return last.to(self.device) if self.device is not None else last.clone()
+        kept = (hidden[0] if self.all_positions else hidden[0, -1]).detach()
+        return kept.to(self.device) if self.device is not None else kept.clone()
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -100,7 +108,7 @@ class ResidualRecorder:
         self._handles.clear()
 
     def stacked(self) -> torch.Tensor:
-        """All recorded steps as ``[K, L+1, d]`` (in the model's dtype)."""
+        """All recorded steps as ``[K, L+1, d]`` (``[K, L+1, seq, d]`` with all positions)."""
         if not self.steps:
             raise RuntimeError("no forward pass was recorded inside the ResidualRecorder block.")
         return torch.stack(self.steps)

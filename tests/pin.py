@@ -30,7 +30,20 @@ SCALARS = {
     "06_features_vqa": ["accuracy", "fan_layer"],
     "07_lvlm_vs_llm": ["tokens_with_mutation"],
     "08_applications": ["critical_layer", "mutation_layers", "lowest_chair"],
+    "09_quantization": ["memory_mb", "token_agreement", "chair", "stage_layers"],
 }
+
+
+def claim_id(claim: dict) -> str:
+    """A claim's pinned name: its number, plus the compared run for per-variant claims
+    (``"16[nf4]"``)."""
+    key = claim["key"]
+    return str(claim["number"]) + (key[key.index("[") :] if "[" in key else "")
+
+
+def claim_number(claim_id: str) -> int:
+    """The number of a pinned claim name."""
+    return int(claim_id.split("[")[0])
 
 
 def _num(x: float | None) -> float | None:
@@ -47,7 +60,7 @@ def pinned_from_outputs(outputs: Path) -> dict:
         pinned[name] = {
             "metrics": {k: metrics[k] for k in keys},
             "claims": {
-                str(c["number"]): {
+                claim_id(c): {
                     "paper": c["paper"],
                     "figure": c["figure"],
                     "statistic": c["statistic"],
@@ -67,13 +80,12 @@ def pinned_from_outputs(outputs: Path) -> dict:
 def render_table(pinned: dict) -> str:
     """The README's results table: one row per claim, from the pinned numbers."""
     rows = [
-        "| # | the paper's claim | notebook | statistic (rule) | testbed [95% CI] | "
-        "random weights | verdict |",
+        "| # | claim | notebook | statistic (rule) | testbed [95% CI] | random weights | verdict |",
         "|---|---|---|---|---|---|---|",
     ]
     claims = sorted(
-        ((int(n), name, c) for name, p in pinned.items() for n, c in p["claims"].items()),
-        key=lambda x: x[0],
+        ((n, name, c) for name, p in pinned.items() for n, c in p["claims"].items()),
+        key=lambda x: (claim_number(x[0]), x[0]),
     )
     for n, name, c in claims:
         measured = "n/a" if c["value"] is None else f"{c['value']:.3g}"

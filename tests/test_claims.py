@@ -65,7 +65,10 @@ def test_verdict_needs_the_model_and_not_the_control():
         return Estimate(1.0, 0.9, 1.1, h, 10)
 
     assert claims.decide(est("yes"), est("no")) == "shown"
-    assert claims.decide(est("yes"), est("inconclusive")) == "shown"
+    # a control whose interval straddles the threshold might show it too
+    assert claims.decide(est("yes"), est("inconclusive")) == "inconclusive"
+    nan = Estimate(math.nan, math.nan, math.nan, "inconclusive", 10)  # no value on the control
+    assert claims.decide(est("yes"), nan) == "shown"
     assert claims.decide(est("yes"), None) == "shown"
     assert claims.decide(est("yes"), est("yes")) == "not shown"  # holds on noise too
     assert claims.decide(est("no"), est("no")) == "not shown"

@@ -16,7 +16,7 @@ bnb = pytest.importorskip("bitsandbytes")
 #: Every linear width a multiple of 64: what the 4-bit CPU kernel takes.
 QTINY = LlavaShape(
     image_size=32, patch_size=8, vision_hidden=64, vision_layers=2, vision_heads=2,
-    hidden=128, layers=3, heads=4, kv_heads=2, intermediate=256, max_positions=256,
+    hidden=128, layers=4, heads=4, kv_heads=2, intermediate=256, max_positions=256,
 )  # fmt: skip
 ODD = LlavaShape(**{**QTINY.__dict__, "intermediate": 352})  # the v1 testbed's MLP width
 
@@ -90,7 +90,7 @@ def test_unsupported_4bit_shapes_are_named_with_the_fix(tmp_path, monkeypatch):
     assert set(blockers.values()) == {"352 -> 128"}
     assert not cpu_4bit_blockers(skeleton, ["down_proj"])
     monkeypatch.setattr(loading_mod, "_cpu_packs_4bit", lambda: True)  # as on AVX512-BF16 CPUs
-    with pytest.raises(ValueError, match=r"3 are not: .*down_proj \(352 -> 128\).*"
+    with pytest.raises(ValueError, match=r"4 are not: .*down_proj \(352 -> 128\).*"
                        r"skip_modules=\['down_proj'\]"):  # fmt: skip
         load_model(odd, quantization="nf4")
     kept = load_model(odd, quantization="nf4", skip_modules=["down_proj"])

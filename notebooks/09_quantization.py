@@ -1,0 +1,205 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 09 · Can I trust a 4-bit run of this paper?
+#
+# Most people run LLaVA-1.5-7B in 4-bit: a free Colab T4 cannot hold it in 16-bit. The paper's analysis reads every layer's output distribution, so quantization error could move exactly what it measures. This notebook runs the same images through the model in full precision and in 8-bit, NF4 and FP4 (bitsandbytes, on the CPU or a GPU) and asks, for each: does it generate the same tokens, are its lens distributions the same layer by layer, is its adjacent-layer JS curve the same, are the critical and mutation layers where they were, does it hallucinate as often, and how much memory does it save?
+#
+# Each question is a claim with a 95% bootstrap interval over the images, checked against a random-weight copy of the model (which must *not* pass: "agrees with full precision" has to mean more than a random model manages).
+#
+# Run on LLaVA-1.5-7B (GPU; the reference is then bfloat16):
+# `papermill 09_quantization.ipynb out.ipynb -p MODEL llava-hf/llava-1.5-7b-hf -p DATA /path/to/AMBER`
+
+# %%
+# Setup: locally the kit is installed by `make reproduce` / `make test`. In Colab, first
+# clone the lvlm-kit repository to /content/lvlm-kit; this cell then installs it.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    kit = "/content/lvlm-kit"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", kit], check=True)
+
+
+# %% tags=["parameters"]
+MODEL = "testbed"  # hub id (llava-hf/llava-1.5-7b-hf), local folder, or "testbed"
+QUANTIZATION = None  # the reference's: keep None (full precision) to compare against
+DEVICE = "auto"  # "auto" (GPU if any), "cpu", "cuda", or an accelerate device map
+DTYPE = "auto"  # "auto": float32 on the CPU, the checkpoint's on a GPU; or "bfloat16", ...
+LENS_NORM = "final_norm"  # "final_norm" (default) or "raw" (the paper authors' code)
+DATA = "testbed"  # "testbed" (held-out scenes in AMBER's layout) or an AMBER-layout folder
+PROMPT = "Please describe this image in detail."
+MAX_NEW_TOKENS = 48
+N_IMAGES = 12
+SEED = 0
+OUTPUT_DIR = None  # default: <repo>/outputs/09_quantization
+VARIANTS = ["8bit", "nf4", "fp4"]  # quantizations to compare ("4bit" is nf4 + double quant)
+
+
+# %% [markdown]
+# Check the parameters (a bad value stops here, before anything loads), load the reference model named by `MODEL` (the embedded testbed by default) and make the output folder; figures and `metrics.json` are written there.
+
+# %%
+import pandas as pd
+
+from lvlm_kit import claims, compare, data, notebook, plots
+
+OUTPUT_DIR, lm = notebook.start(
+    "09_quantization",
+    MODEL=MODEL,
+    QUANTIZATION=QUANTIZATION,
+    DEVICE=DEVICE,
+    DTYPE=DTYPE,
+    LENS_NORM=LENS_NORM,
+    DATA=DATA,
+    PROMPT=PROMPT,
+    MAX_NEW_TOKENS=MAX_NEW_TOKENS,
+    N_IMAGES=N_IMAGES,
+    SEED=SEED,
+    OUTPUT_DIR=OUTPUT_DIR,
+    VARIANTS=VARIANTS,
+)
+amber = data.resolve_amber(DATA, OUTPUT_DIR, N_IMAGES, SEED)
+
+# %% [markdown]
+# ## 1. The reference run
+#
+# Trace every image with the full-precision model: generated tokens, every layer's lens distribution, adjacent-layer JS, and the AMBER hallucination score of each description.
+
+# %%
+reference = compare.run(lm, amber, PROMPT, MAX_NEW_TOKENS, LENS_NORM, N_IMAGES, name="full")
+print(
+    f"full precision: CHAIR {reference.chair:.3f}, "
+    f"critical layer {reference.stages.critical_layer}, "
+    f"mutation layers {reference.stages.mutation_layers}"
+)
+
+# %% [markdown]
+# ## 2. The quantized runs, and a random-weight control
+#
+# Each variant is loaded fresh with bitsandbytes (the language head stays in full precision, as transformers does by default) and traced on the same images. `compare.compare` then measures, image by image, how far it is from the reference. The per-layer KL is measured on the reference's own tokens (teacher forcing), so both models are read at the same positions even where their generations part.
+#
+# The control is a random-weight copy of the reference in full precision: the floor every comparison has to beat.
+
+# %%
+comparisons = {}
+for q in VARIANTS:
+    quantized = notebook.load(MODEL, q, DEVICE, DTYPE)
+    other = compare.run(quantized, amber, PROMPT, MAX_NEW_TOKENS, LENS_NORM, N_IMAGES, name=q)
+    comparisons[q] = compare.compare(lm, reference, quantized, other, amber, PROMPT, LENS_NORM)
+    del quantized
+random_model = claims.random_control(lm, SEED)
+random_run = compare.run(
+    random_model, amber, PROMPT, MAX_NEW_TOKENS, LENS_NORM, N_IMAGES, name="random weights"
+)
+control = compare.compare(lm, reference, random_model, random_run, amber, PROMPT, LENS_NORM)
+
+# %% [markdown]
+# ## 3. What each variant keeps
+#
+# One row per run. Memory is the model's parameters and buffers as stored (4-bit weights count half a byte). Look at the token agreement first: if a variant generates different text, every later difference follows from it.
+
+# %%
+rows = []
+for name, c in {**comparisons, "random weights": control}.items():
+    rows.append({
+        "run": name,
+        "memory (MB)": c.other.memory_bytes / 2**20,
+        "token agreement": c.token_agreement.mean(),
+        "worst-layer lens KL (nats)": c.lens_kl.mean(0).max(),
+        "JS curve correlation": c.js_correlation.mean(),
+        "critical layer": c.other.stages.critical_layer,
+        "first mutation layer": c.other.stages.stabilisation_end,
+        "CHAIR": c.other.chair,
+        "Cover": c.other.cover,
+    })  # fmt: skip
+summary = pd.DataFrame(
+    [
+        {
+            "run": "full",
+            "memory (MB)": reference.memory_bytes / 2**20,
+            "token agreement": 1.0,
+            "worst-layer lens KL (nats)": 0.0,
+            "JS curve correlation": 1.0,
+            "critical layer": reference.stages.critical_layer,
+            "first mutation layer": reference.stages.stabilisation_end,
+            "CHAIR": reference.chair,
+            "Cover": reference.cover,
+        },
+        *rows,
+    ]  # fmt: skip
+).set_index("run")
+summary.round(4)
+
+# %% [markdown]
+# ## 4. Where in the model the quantized lens differs
+#
+# KL(full ‖ quantized) of the lens distribution at each layer, averaged over the tokens of each image (band: 95% interval over images). Quantization error enters at every layer and accumulates along the residual stream; a curve that stays low to the last layer means the layer picture survives.
+
+# %%
+notebook.show(
+    plots.layer_lines({q: c.lens_kl for q, c in comparisons.items()}, "KL (nats)",
+                      "lens KL(full ‖ quantized) per layer", log=True),
+    OUTPUT_DIR,
+    "quantization_lens_kl",
+)  # fmt: skip
+
+# %% [markdown]
+# ## 5. The adjacent-layer JS curve of each run
+#
+# The stages of the paper (rapid evolution, stabilisation, mutation) are read from this curve; shaded as detected on the full-precision run.
+
+# %%
+notebook.show(
+    plots.js_curve(reference.stages, {q: c.other.stages.js_curve for q, c in comparisons.items()},
+                   traces=reference.traces),
+    OUTPUT_DIR,
+    "quantization_js_curves",
+)  # fmt: skip
+
+# %% [markdown]
+# ## 6. The claims, with 95% confidence intervals and a random-weight control
+#
+# Five claims per variant (`lvlm_kit.claims`, numbers 16–20): the thresholds say in numbers what "the same" means (at least 90% of the tokens, a worst-layer KL of at most 0.1 nats, a JS-curve correlation of at least 0.9, stages within one layer, CHAIR and Cover each within 0.05). Verdicts are *shown*, *not shown*, or *inconclusive* (the interval straddles the threshold).
+
+# %%
+cfg = claims.ClaimConfig()
+checks = (claims.quant_same_tokens, claims.quant_lens_close, claims.quant_js_kept,
+          claims.quant_stages_kept, claims.quant_hallucination_kept)  # fmt: skip
+results = [check(c, control, cfg) for c in comparisons.values() for check in checks]
+verdicts = notebook.record_claims(results, OUTPUT_DIR)
+
+# %% [markdown]
+# ## Headline numbers (recorded to `OUTPUT_DIR/metrics.json`)
+
+# %%
+metrics = notebook.record(
+    {
+        "memory_mb": summary["memory (MB)"].to_dict(),
+        "token_agreement": summary["token agreement"].to_dict(),
+        "chair": summary["CHAIR"].to_dict(),
+        "stage_layers": {
+            run: [int(row["critical layer"]), int(row["first mutation layer"])]
+            for run, row in summary.iterrows()
+        },
+        "lens_kl_per_layer": {q: c.lens_kl.mean(0).tolist() for q, c in comparisons.items()},
+        "claims": {r.key: r.model.value for r in results},
+        "verdicts": {r.key: r.verdict for r in results},
+    },
+    OUTPUT_DIR,
+)
+metrics
