@@ -35,7 +35,7 @@ if "google.colab" in sys.modules:
 
 # %% tags=["parameters"]
 MODEL = "testbed"  # hub id (llava-hf/llava-1.5-7b-hf), local folder, or "testbed"
-QUANTIZATION = None  # None, "4bit" or "8bit" (bitsandbytes, CUDA only)
+QUANTIZATION = None  # None, "4bit", "nf4", "fp4" or "8bit" (bitsandbytes, GPU or CPU)
 DEVICE = "auto"  # "auto" (GPU if any), "cpu", "cuda", or an accelerate device map
 DTYPE = "auto"  # "auto": float32 on the CPU, the checkpoint's on a GPU; or "bfloat16", ...
 LENS_NORM = "final_norm"  # "final_norm" (default) or "raw" (the paper authors' code)

@@ -16,10 +16,10 @@
 # %% [markdown]
 # # 07 · LVLM vs its language model alone (paper §6)
 #
-# **Paper claim.** The same analyses on the text-only LLM show no clear hierarchy (critical split) and no mutations. By default the LLM is the same model's decoder run without an image; pass `-p LLM_MODEL lmsys/vicuna-7b-v1.5` for LLaVA's LLM.
+# **Paper claim.** The same analyses on the text-only LLM show no clear hierarchy (critical split) and no mutations. LLaVA was built on Vicuna; the testbed LVLM was built the same way on its own base language model, `testbed-llm` (trained on the world's text alone, then extended with the vision tower and instruction-tuned), and that base model is the default here. For LLaVA pass `-p LLM_MODEL lmsys/vicuna-7b-v1.5`; `-p LLM_MODEL None` runs the LVLM's own decoder without an image.
 #
 # Run on LLaVA-1.5-7B (GPU):
-# `papermill 07_lvlm_vs_llm.ipynb out.ipynb -p MODEL llava-hf/llava-1.5-7b-hf -p QUANTIZATION 4bit -p DATA /path/to/AMBER`
+# `papermill 07_lvlm_vs_llm.ipynb out.ipynb -p MODEL llava-hf/llava-1.5-7b-hf -p LLM_MODEL lmsys/vicuna-7b-v1.5 -p QUANTIZATION 4bit -p DATA /path/to/AMBER`
 
 # %%
 # Setup: locally the kit is installed by `make reproduce` / `make test`. In Colab, first
@@ -35,7 +35,7 @@ if "google.colab" in sys.modules:
 
 # %% tags=["parameters"]
 MODEL = "testbed"  # hub id (llava-hf/llava-1.5-7b-hf), local folder, or "testbed"
-QUANTIZATION = None  # None, "4bit" or "8bit" (bitsandbytes, CUDA only)
+QUANTIZATION = None  # None, "4bit", "nf4", "fp4" or "8bit" (bitsandbytes, GPU or CPU)
 DEVICE = "auto"  # "auto" (GPU if any), "cpu", "cuda", or an accelerate device map
 DTYPE = "auto"  # "auto": float32 on the CPU, the checkpoint's on a GPU; or "bfloat16", ...
 LENS_NORM = "final_norm"  # "final_norm" (default) or "raw" (the paper authors' code)
@@ -45,7 +45,7 @@ MAX_NEW_TOKENS = 48
 N_IMAGES = 24
 SEED = 0
 OUTPUT_DIR = None  # default: <repo>/outputs/07_lvlm_vs_llm
-LLM_MODEL = None  # None: the same model without images; or a causal LM id/folder
+LLM_MODEL = "testbed-llm"  # the base LLM (id / folder), or None: the LVLM without images
 LLM_PROMPTS = [
     "describe this image.",
     "please describe this image in detail.",
@@ -98,7 +98,7 @@ lvlm_traces = [
     trace(lm, it.image, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM)
     for it in tqdm(items, desc="LVLM")
 ]
-llm = lm if LLM_MODEL is None else notebook.load(LLM_MODEL, QUANTIZATION, DEVICE)
+llm = lm if LLM_MODEL is None else notebook.load(LLM_MODEL, QUANTIZATION, DEVICE, DTYPE)
 llm_traces = [
     trace(llm, None, p, MAX_NEW_TOKENS, lens_norm=LENS_NORM) for p in tqdm(LLM_PROMPTS, desc="LLM")
 ]

@@ -7,28 +7,32 @@ import torch
 
 from lvlm_kit.data import export_amber, read_amber
 from lvlm_kit.hallucination import score_discriminative, score_generative
-from lvlm_kit.testbed.evaluate import description_metrics, parse_mentions
+from lvlm_kit.testbed.evaluate import description_metrics, parse_mentions, parse_relations
+from lvlm_kit.testbed.language import generic_text, lexicon, paraphrase
 from lvlm_kit.testbed.model import LlavaShape, shape_dict
 from lvlm_kit.testbed.train import (
     ALIGN_WORDS,
     SHAPE,
-    TESTBED_DIR,
+    WEIGHTS_DIR,
     TrainConfig,
     align_vision,
     build_tokenizer,
     collate,
     example,
+    llm_example,
     patch_labels,
     train,
 )
 from lvlm_kit.testbed.world import (
     CATEGORIES,
     COLOURS,
+    GRID,
     Group,
     Prior,
     Scene,
     describe,
     grounded_description,
+    relation_holds,
     render,
     sample_scene,
     vqa_pairs,
@@ -44,7 +48,7 @@ def test_world_size_and_determinism():
 
 
 def test_categories_render_distinctly():
-    images = [np.asarray(render(Scene([Group(c, "red", "large", [4])], jitter=[(0, 0)])))
+    images = [np.asarray(render(Scene([Group(c, "red", "large", [14])], jitter=[(0, 0)])))
               for c in CATEGORIES]  # fmt: skip
     for i in range(len(images)):
         for j in range(i):
@@ -55,8 +59,7 @@ def test_text_from_truth():
     s = Scene([Group("boat", "red", "small", [0]), Group("fish", "blue", "large", [2]),
                Group("ball", "green", "large", [6, 8])], jitter=[])  # fmt: skip
     text = describe(s)
-    assert text == ("there is a small red boat, a large blue fish and two large green balls. "
-                    "the boat is left of the fish.")  # fmt: skip
+    assert text == "there is a small red boat, a large blue fish and two large green balls."
     assert parse_mentions(text) == {
         "boat": {"colour": "red", "size": "small", "count": 1},
         "fish": {"colour": "blue", "size": "large", "count": 1},
@@ -109,7 +112,7 @@ def test_occluded_prior_is_named_but_not_drawn(tmp_path):
         m = description_metrics([s], [describe(s)])  # naming the hidden fish is a false positive
         assert m["object_recall"] == 1.0 and m["object_precision"] < 1.0
         assert sum(g.count for g in s.visible) <= 5
-        assert (patch_labels(s, 3) == patch_labels(drawn, 3)).all()
+        assert (patch_labels(s, 6) == patch_labels(drawn, 6)).all()
     half = (Prior("boat", "fish", 1.0, occluded=0.5),)
     rng = random.Random(1)
     hidden = [any(g.occluded for g in sample_scene(rng, half, require="boat").groups)
@@ -126,11 +129,35 @@ def test_occluded_prior_is_named_but_not_drawn(tmp_path):
 
 def test_tokenizer_covers_all_texts():
     tok = build_tokenizer()
+    assert len(tok) >= 1000 and len(lexicon()) >= 1000  # chance is about 1/1000
     rng = random.Random(0)
     for _ in range(50):
         s = sample_scene(rng)
-        for text in [describe(s), *[q + " " + a for q, a in vqa_pairs(s, rng)]]:
+        texts = [describe(s), paraphrase(s, rng), generic_text(rng, 3), llm_example(rng)]
+        for text in texts + [q + " " + a for q, a in vqa_pairs(s, rng)]:
             assert tok.unk_token_id not in tok(text)["input_ids"], text
+
+
+def test_relations_are_scored_against_the_scene():
+    # cells on the 6 x 6 board: 0 top left, 2 same row, 12 two rows down, 7 diagonal to 0
+    s = Scene([Group("boat", "red", "small", [0]), Group("fish", "blue", "large", [2]),
+               Group("ball", "green", "large", [12]),
+               Group("star", "red", "small", [7])])  # fmt: skip
+    assert relation_holds(s, "boat", "left of", "fish")
+    assert not relation_holds(s, "fish", "left of", "boat")
+    assert relation_holds(s, "boat", "above", "ball")
+    assert not relation_holds(s, "ball", "above", "boat")
+    assert relation_holds(s, "boat", "next to", "star")
+    assert not relation_holds(s, "boat", "next to", "fish")
+    with pytest.raises(ValueError, match="right of"):
+        relation_holds(s, "boat", "right of", "fish")
+    text = "there is a small red boat. the boat is left of the fish. the balls is above the boat."
+    assert parse_relations(text) == [("boat", "left of", "fish"), ("ball", "above", "boat")]
+    m = description_metrics([s], [text])
+    assert m["relation_accuracy"] == 0.5 and m["relations_per_description"] == 2
+    assert description_metrics([s], ["there is a small red boat."])["relation_accuracy"] is None
+    rng = random.Random(0)  # the training text states no relation (the model never got them right)
+    assert not any(parse_relations(describe(sample_scene(rng))) for _ in range(200))
 
 
 TINY = LlavaShape(image_size=48, patch_size=8, vision_hidden=32, vision_layers=2, vision_heads=2,
@@ -149,18 +176,41 @@ def test_collate_masks_the_prompt():
 
 
 def test_trainer_defaults_are_the_shipped_models_recipe():
-    shipped = json.loads((TESTBED_DIR / "training.json").read_text())
+    shipped = json.loads((WEIGHTS_DIR / "training.json").read_text())
     assert shipped["config"] == TrainConfig().__dict__
     assert shipped["shape"] == shape_dict(SHAPE)
+    assert shipped["vocabulary"] == len(build_tokenizer())
+
+
+def test_shape_has_36_image_tokens_and_4bit_widths():
+    assert SHAPE.n_image_tokens >= 36 and SHAPE.image_size // SHAPE.patch_size == GRID
+    widths = (SHAPE.hidden, SHAPE.intermediate, SHAPE.vision_hidden, 4 * SHAPE.vision_hidden)
+    assert all(w % 64 == 0 for w in widths)
 
 
 FAST = {"vision_steps": 2, "vision_batch_size": 4}
 
 
 def test_training_steps_reduce_the_loss():
-    cfg = TrainConfig(steps=10, batch_size=8, warmup=2, lr=3e-3, **FAST)
-    _, _, losses = train(cfg, TINY, progress=False)
-    assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:2])
+    cfg = TrainConfig(steps=10, batch_size=8, warmup=2, lr=3e-3, llm_steps=10, llm_batch_size=8,
+                      llm_lr=1e-2, **FAST)  # fmt: skip
+    _, _, _, losses = train(cfg, TINY, progress=False)
+    for stage in ("llm", "instruct"):
+        assert np.mean(losses[stage][-3:]) < 0.9 * np.mean(losses[stage][:2]), stage
+
+
+def test_lvlm_is_built_on_the_base_language_model():
+    cfg = TrainConfig(steps=0, llm_steps=3, llm_batch_size=4, warmup=1, **FAST)
+    lvlm, llm, processor, _ = train(cfg, TINY, progress=False)
+    mine, base = lvlm.model.language_model.state_dict(), llm.model.state_dict()
+    assert mine.keys() == base.keys()
+    for key in base:  # alignment trains the word embeddings only
+        assert torch.equal(mine[key], base[key]) == (key != "embed_tokens.weight"), key
+    assert torch.equal(lvlm.lm_head.weight, llm.lm_head.weight)
+    frozen = TrainConfig(steps=0, llm_steps=3, llm_batch_size=4, warmup=1, align_embeddings=False,
+                         **FAST)  # fmt: skip
+    lvlm, llm, _, _ = train(frozen, TINY, progress=False)
+    assert torch.equal(lvlm.get_input_embeddings().weight, llm.get_input_embeddings().weight)
 
 
 def test_grounded_description_names_the_asked_object():
@@ -174,24 +224,17 @@ def test_grounded_description_names_the_asked_object():
 
 
 def test_patch_labels_follow_the_grid():
-    s = Scene([Group("boat", "red", "small", [0]), Group("ball", "blue", "large", [4, 8])])
-    one = patch_labels(s, 3)  # one token per cell
-    assert one[0].tolist() == [
-        CATEGORIES.index("boat") + 1,
-        0,
-        0,
-        0,
-        CATEGORIES.index("ball") + 1,
-        0,
-        0,
-        0,
-        CATEGORIES.index("ball") + 1,
-    ]
+    s = Scene([Group("boat", "red", "small", [0]), Group("ball", "blue", "large", [4, 35])])
+    one = patch_labels(s, GRID)  # one token per cell
+    want = [0] * 36
+    want[0], want[4], want[35] = (CATEGORIES.index(c) + 1 for c in ("boat", "ball", "ball"))
+    assert one.shape == (len(ALIGN_WORDS), 36) and one[0].tolist() == want
     assert one[1, 0] == list(COLOURS).index("red") + 1 and one[2, 4] == 2  # "large"
-    assert one[3].tolist() == [1, 0, 0, 0, 2, 0, 0, 0, 2]  # group counts: "one", "two"
+    assert one[3, [0, 4, 35, 1]].tolist() == [1, 2, 2, 0]  # group counts: "one", "two"
     assert ALIGN_WORDS[3][one[3, 4] - 1] == "two" and ALIGN_WORDS[4][one[4, 4] - 1] == "balls"
-    four = patch_labels(s, 6)  # 2x2 tokens per cell
-    assert four[0].reshape(6, 6)[:2, :2].eq(one[0, 0]).all() and four[0].reshape(6, 6)[0, 2] == 0
+    four = patch_labels(s, 2 * GRID)  # 2x2 tokens per cell
+    grid = four[0].reshape(12, 12)
+    assert grid[:2, :2].eq(one[0, 0]).all() and grid[0, 2] == 0
 
 
 def test_vision_alignment_learns_the_patch_words():
@@ -205,7 +248,6 @@ def test_vision_alignment_learns_the_patch_words():
 
 
 def test_recipe_mixes_tasks_and_freezes_vision():
-    assert SHAPE.n_image_tokens == 9  # one image token per grid cell
     rng = random.Random(0)
     prompts = [example(rng)[1] for _ in range(400)]
     ground = sum(p.startswith("describe the ") for p in prompts) / 400
@@ -213,15 +255,16 @@ def test_recipe_mixes_tasks_and_freezes_vision():
     assert ground == pytest.approx(0.2, abs=0.05) and describe_ / 400 == pytest.approx(
         0.3, abs=0.05
     )
-    model, _, _ = train(TrainConfig(steps=1, batch_size=4, warmup=1, **FAST), TINY, progress=False)
+    quick = {"steps": 1, "batch_size": 4, "warmup": 1, "llm_steps": 1, "llm_batch_size": 4}
+    model, _, _, _ = train(TrainConfig(**quick, **FAST), TINY, progress=False)
     assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
-    cfg = TrainConfig(steps=1, batch_size=4, warmup=1, vision_steps=0)  # end to end
-    model, _, _ = train(cfg, TINY, progress=False)
+    cfg = TrainConfig(**quick, vision_steps=0)  # end to end
+    model, _, _, _ = train(cfg, TINY, progress=False)
     assert all(p.requires_grad for p in model.model.vision_tower.parameters())
 
 
 def test_amber_export_round_trip(tmp_path):
-    root = export_amber(tmp_path / "amber", n_images=12, seed=5)
+    root = export_amber(tmp_path / "amber", n_images=12, seed=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["amber"]  # no temp folder left
     data = read_amber(root)
     scenes = [Scene.from_dict(d) for d in json.loads((root / "data" / "scenes.json").read_text())]
@@ -229,7 +272,7 @@ def test_amber_export_round_trip(tmp_path):
     assert data.image_path(data.queries[0]).is_file()
     for q, s in zip(data.queries, scenes):
         assert data.annotations[q["id"]]["truth"] == sorted({g.category for g in s.visible})
-    assert any(g.occluded for s in scenes for g in s.groups)  # seed 5 has a hidden prior object
+    assert any(g.occluded for s in scenes for g in s.groups)  # seed 1 has a hidden prior object
     drawn = [Scene(s.visible, s.background, s.jitter) for s in scenes]  # what the image shows
     perfect = [{"id": q["id"], "response": describe(s)} for q, s in zip(data.queries, drawn)]
     score = score_generative(perfect, data)
@@ -251,7 +294,7 @@ def test_amber_export_round_trip(tmp_path):
 
 
 def test_seeded_training_is_deterministic():
-    cfg = TrainConfig(steps=2, batch_size=4, warmup=1, **FAST)
-    a = train(cfg, TINY, progress=False)[2]
-    b = train(cfg, TINY, progress=False)[2]
+    cfg = TrainConfig(steps=2, batch_size=4, warmup=1, llm_steps=2, llm_batch_size=4, **FAST)
+    a = train(cfg, TINY, progress=False)[3]
+    b = train(cfg, TINY, progress=False)[3]
     assert a == b and torch.get_num_threads() == cfg.threads

@@ -1,4 +1,4 @@
-"""The shipped testbed model: loads offline and reproduces its recorded quality."""
+"""The shipped testbed models: load offline and reproduce their recorded quality."""
 
 import json
 
@@ -6,9 +6,9 @@ import pytest
 
 from lvlm_kit import load_model
 from lvlm_kit.testbed.evaluate import evaluate
-from lvlm_kit.testbed.train import CI_SAMPLE, SHAPE, TESTBED_DIR
+from lvlm_kit.testbed.train import CI_SAMPLE, SHAPE, WEIGHTS_DIR
 
-METRICS = json.loads((TESTBED_DIR / "metrics.json").read_text())
+METRICS = json.loads((WEIGHTS_DIR / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,16 @@ def test_loads_offline_through_load_model(testbed):
     a = testbed.anatomy
     assert (a.model_type, a.n_layers, a.hidden_size) == ("llava", SHAPE.layers, SHAPE.hidden)
     assert testbed.processor.chat_template is not None
-    size = sum(p.stat().st_size for p in (TESTBED_DIR / "model").iterdir())
-    assert size < 40 * 2**20  # the data folder stays small
+    size = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
+    assert size <= 50 * 2**20  # both models, in the package
+
+
+def test_base_language_model_is_the_lvlms_text_model(testbed):
+    llm = load_model("testbed-llm")
+    assert not llm.is_vision and llm.anatomy.model_type == "llama"
+    assert (llm.anatomy.n_layers, llm.anatomy.hidden_size) == (SHAPE.layers, SHAPE.hidden)
+    assert llm.tokenizer.get_vocab() == testbed.tokenizer.get_vocab()
+    assert llm.tokenizer.chat_template == testbed.tokenizer.chat_template
 
 
 def test_reaches_the_recorded_metrics_on_the_ci_sample(testbed):
@@ -29,13 +37,43 @@ def test_reaches_the_recorded_metrics_on_the_ci_sample(testbed):
     want = METRICS["ci_sample"]
     for key in ("object_precision", "object_recall", "colour_accuracy", "vqa_accuracy"):
         assert got[key] == pytest.approx(want[key], abs=0.02), key
+    assert got["relations_per_description"] == want["relations_per_description"]
     for g, w in zip(got["priors"], want["priors"]):
         assert g["hallucination_rate_b"] == pytest.approx(w["hallucination_rate_b"], abs=0.09)
 
 
 def test_recorded_quality():
     assert METRICS["n_scenes"] >= 200
-    assert METRICS["object_precision"] >= 0.85 and METRICS["vqa_accuracy"] >= 0.90  # the aims
-    for prior in METRICS["priors"]:  # the planted prior shows: B named above the base rate
-        assert prior["hallucination_rate_b"] > 1.5 * prior["base_rate_other_absent"]
+    assert METRICS["object_precision"] >= 0.95  # the aim
+    assert METRICS["relation_accuracy"] is None or METRICS["relation_accuracy"] >= 0.90
+    # VQA misses its 0.95 aim (issue 17 stays open): every question type is at least 0.97
+    # except "what is the <colour> object?", whose colour-to-category lookup never formed.
+    by_type = METRICS["vqa_accuracy_by_type"]
+    assert METRICS["vqa_accuracy"] == pytest.approx(0.9264, abs=1e-4)
+    assert min(v for k, v in by_type.items() if k != "object") >= 0.97
+    assert by_type["object"] == pytest.approx(0.4848, abs=1e-4)
+    for prior in METRICS["priors"]:  # B named clearly above the rate of other absent objects
+        assert prior["hallucination_rate_b_ci95"][0] > prior["base_rate_other_absent_ci95"][1]
         assert prior["hallucination_rate_b"] >= 0.1
+
+
+@pytest.mark.slow
+def test_wheel_ships_both_testbed_models(tmp_path):
+    """The weights are package data: a wheel built from the checkout holds them (<= 50 MB)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = WEIGHTS_DIR.parents[2]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(root)],
+        check=True,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("lvlm_kit-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for model in ("lvlm", "llm"):
+        for file in ("config.json", "model.safetensors", "tokenizer.json"):
+            assert f"lvlm_kit/testbed/weights/{model}/{file}" in names
+    assert "lvlm_kit/testbed/weights/metrics.json" in names
+    assert wheel.stat().st_size <= 50 * 2**20

@@ -1,9 +1,10 @@
 """Quality of the testbed model against the scene world's ground truth.
 
-Descriptions are parsed back into (category, count, size, colour) mentions with the
-world's fixed grammar; VQA answers are compared word for word. The planted-prior probe
-draws held-out scenes holding A but not B (no priors while sampling) and measures how
-often the model names B, against how often it names the other absent categories.
+Descriptions are parsed back into (category, count, size, colour) mentions and relation
+sentences with the world's fixed grammar; VQA answers are compared word for word. The
+planted-prior probe draws held-out scenes holding A but not B (no priors while sampling)
+and measures how often the model names B, against how often it names the other absent
+categories.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import random
 import re
 from collections import defaultdict
 from collections.abc import Sequence
+
+from scipy.stats import binomtest
 
 from ..generation import generate_texts
 from ..loading import LoadedModel
@@ -23,9 +26,11 @@ from .world import (
     DESCRIBE_PROMPTS,
     NUMBER_WORDS,
     PLURALS,
+    RELATIONS,
     SIZES,
     Prior,
     Scene,
+    relation_holds,
     render,
     sample_scene,
     vqa_pairs,
@@ -61,15 +66,31 @@ def parse_mentions(text: str) -> dict[str, dict[str, str | int | None]]:
     return found
 
 
+_RELATION = re.compile(r"the ([a-z]+) is (" + "|".join(RELATIONS) + r") the ([a-z]+)")
+
+
+def parse_relations(text: str) -> list[tuple[str, str, str]]:
+    """Relation sentences of a description as ``(first, relation, second)`` categories."""
+    return [
+        (_NOUNS[a], rel, _NOUNS[b])
+        for a, rel, b in _RELATION.findall(text.lower())
+        if a in _NOUNS and b in _NOUNS
+    ]
+
+
 def description_metrics(scenes: Sequence[Scene], texts: Sequence[str]) -> dict[str, float]:
     """Object precision/recall and attribute accuracies, pooled over scenes.
 
     The truth is what the image shows: naming an occluded object counts against precision,
-    as in the AMBER export.
+    as in the AMBER export. A relation sentence is right when
+    :func:`~lvlm_kit.testbed.world.relation_holds` for the scene.
     """
-    tp = n_pred = n_truth = 0
+    tp = n_pred = n_truth = n_rel = rel_true = 0
     attr_hits: dict[str, int] = defaultdict(int)
     for scene, text in zip(scenes, texts):
+        for first, rel, second in parse_relations(text):
+            n_rel += 1
+            rel_true += relation_holds(scene, first, rel, second)
         mentions = parse_mentions(text)
         truth = {g.category: g for g in scene.visible}
         n_pred += len(mentions)
@@ -88,6 +109,8 @@ def description_metrics(scenes: Sequence[Scene], texts: Sequence[str]) -> dict[s
         "size_accuracy": attr_hits["size"] / max(tp, 1),
         "count_accuracy": attr_hits["count"] / max(tp, 1),
         "mentions_per_description": n_pred / max(len(scenes), 1),
+        "relation_accuracy": rel_true / n_rel if n_rel else None,  # None: no relation stated
+        "relations_per_description": n_rel / max(len(scenes), 1),
     }
 
 
@@ -162,10 +185,14 @@ def evaluate(
                 if c not in scene.categories:
                     absent_total += 1
                     absent_hits += c in m
+        ci_b = binomtest(round(rate_b * n_probe), n_probe).proportion_ci(method="wilson")
+        ci_other = binomtest(absent_hits, max(absent_total, 1)).proportion_ci(method="wilson")
         metrics["priors"].append({
             "a": prior.a, "b": prior.b, "p_train": prior.p, "n_probe": n_probe,
             "hallucination_rate_b": rate_b,
+            "hallucination_rate_b_ci95": [ci_b.low, ci_b.high],
             "base_rate_other_absent": absent_hits / max(absent_total, 1),
+            "base_rate_other_absent_ci95": [ci_other.low, ci_other.high],
         })  # fmt: skip
     metrics["examples"] = [
         {"truth": [g.category for g in s.visible], "description": t}
@@ -174,4 +201,7 @@ def evaluate(
     return metrics
 
 
-__all__ = ["EVAL_SEED", "NUMBER_WORDS", "description_metrics", "evaluate", "parse_mentions"]
+__all__ = [
+    "EVAL_SEED", "NUMBER_WORDS", "description_metrics", "evaluate", "parse_mentions",
+    "parse_relations",
+]  # fmt: skip
