@@ -192,12 +192,6 @@ def _correlation(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def stage_layers(stages: Stages) -> tuple[int, int]:
-    """(critical layer, first mutation layer or L + 1) of detected stages."""
-    return stages.critical_layer, stages.stabilisation_end
-
-
 __all__: Sequence[str] = [
-    "Comparison", "Run", "compare", "lens_kl", "memory_footprint", "run", "stage_layers",
-    "token_agreement",
+    "Comparison", "Run", "compare", "lens_kl", "memory_footprint", "run", "token_agreement",
 ]  # fmt: skip
