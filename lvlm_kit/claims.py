@@ -908,16 +908,12 @@ def quant_hallucination_kept(
     Cover is part of it because a model that names nothing has a CHAIR of 0 too.
     """
 
-    def rate(a: np.ndarray, b: np.ndarray, idx: np.ndarray) -> float:
-        return float(a[idx].sum() / max(b[idx].sum(), 1))
-
     def make(c: Comparison):
         ref, other = c.reference, c.other
 
         def stat(idx):
-            chair = rate(other.hallucinated, other.counted, idx) - rate(
-                ref.hallucinated, ref.counted, idx)  # fmt: skip
-            cover = rate(other.covered, other.truth, idx) - rate(ref.covered, ref.truth, idx)
+            chair = other.chair_of(idx) - ref.chair_of(idx)
+            cover = other.cover_of(idx) - ref.cover_of(idx)
             return float(max(abs(chair), abs(cover)))
 
         return stat, [len(ref.traces)]

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import AmberData
+from .divergence import kl_divergence
 from .hallucination import analyse_response
 from .inputs import prepare_inputs
 from .lens import NormPolicy
@@ -41,15 +42,23 @@ class Run:
     truth: np.ndarray  # [N] annotated objects per image
     memory_bytes: int  # the model's parameters and buffers (quantized sizes)
 
+    def chair_of(self, idx: np.ndarray | slice = slice(None)) -> float:
+        """Pooled CHAIR of the images ``idx``: hallucinated nouns over counted nouns."""
+        return float(self.hallucinated[idx].sum() / max(self.counted[idx].sum(), 1))
+
+    def cover_of(self, idx: np.ndarray | slice = slice(None)) -> float:
+        """Pooled Cover of the images ``idx``: named annotated objects over annotated ones."""
+        return float(self.covered[idx].sum() / max(self.truth[idx].sum(), 1))
+
     @property
     def chair(self) -> float:
-        """Pooled CHAIR: hallucinated nouns over counted nouns."""
-        return float(self.hallucinated.sum() / max(self.counted.sum(), 1))
+        """Pooled CHAIR over all images."""
+        return self.chair_of()
 
     @property
     def cover(self) -> float:
-        """Pooled Cover: named annotated objects over annotated objects."""
-        return float(self.covered.sum() / max(self.truth.sum(), 1))
+        """Pooled Cover over all images."""
+        return self.cover_of()
 
 
 @dataclass
@@ -155,7 +164,7 @@ def lens_kl(
     for layer in range(reference.anatomy.n_layers + 1):
         lp = lens_ref.log_probs(hidden[0][:, layer], layer=layer)  # [K, V]
         lq = lens_other.log_probs(hidden[1][:, layer], layer=layer)
-        kls.append(float((lp.exp() * (lp - lq)).sum(-1).mean()))
+        kls.append(float(kl_divergence(lp, lq).mean()))
     return np.array(kls)
 
 
