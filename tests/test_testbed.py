@@ -1,5 +1,6 @@
 import json
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -27,11 +28,14 @@ from lvlm_kit.testbed.world import (
     CATEGORIES,
     COLOURS,
     GRID,
+    QUESTION_TYPES,
     Group,
     Prior,
     Scene,
+    balanced_question,
     describe,
     grounded_description,
+    question_type,
     relation_holds,
     render,
     sample_scene,
@@ -219,8 +223,23 @@ def test_grounded_description_names_the_asked_object():
     pairs = {grounded_description(s, rng) for _ in range(200)}
     assert ("describe the boat.", "a small red boat.") in pairs
     assert ("describe the ball.", "two large blue balls.") in pairs
+    assert ("describe the red object.", "a small red boat.") in pairs  # looked up by colour
     absent = [a for q, a in pairs if a.startswith("there is no")]
     assert absent and all(a == "there is no " + q.split()[-1] for q, a in pairs if a in absent)
+    shared = Scene([Group("boat", "red", "small", [0]), Group("ball", "red", "large", [4])])
+    asked = {grounded_description(shared, rng)[0] for _ in range(100)}
+    assert "describe the red object." not in asked  # a colour two objects share names neither
+
+
+def test_balanced_question_draws_each_type_equally():
+    s = Scene([Group("boat", "red", "small", [0]), Group("ball", "blue", "large", [4, 8])])
+    assert sorted({question_type(q) for q, _ in vqa_pairs(s, random.Random(0))}) == sorted(
+        QUESTION_TYPES
+    )
+    rng = random.Random(0)
+    kinds = Counter(question_type(balanced_question(s, rng)[0]) for _ in range(5000))
+    assert set(kinds) == set(QUESTION_TYPES)
+    assert all(abs(n / 5000 - 0.2) < 0.03 for n in kinds.values())  # vqa_pairs alone: object 2/12
 
 
 def test_patch_labels_follow_the_grid():

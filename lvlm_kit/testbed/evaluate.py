@@ -30,6 +30,7 @@ from .world import (
     SIZES,
     Prior,
     Scene,
+    question_type,
     relation_holds,
     render,
     sample_scene,
@@ -114,14 +115,6 @@ def description_metrics(scenes: Sequence[Scene], texts: Sequence[str]) -> dict[s
     }
 
 
-def _question_type(question: str) -> str:
-    for key, kind in (("colour", "colour"), ("size", "size"), ("how many", "count"),
-                      ("object", "object"), ("is there", "existence")):  # fmt: skip
-        if key in question:
-            return kind
-    return "other"
-
-
 def evaluate(
     loaded: LoadedModel,
     n_scenes: int = 200,
@@ -163,7 +156,7 @@ def evaluate(
     )
     by_type: dict[str, list[bool]] = defaultdict(list)
     for q, a, r in zip(questions, answers, replies):
-        by_type[_question_type(q)].append(r.rstrip(".? ") == a)
+        by_type[question_type(q)].append(r.rstrip(".? ") == a)
     hits = [h for v in by_type.values() for h in v]
     metrics["vqa_accuracy"] = sum(hits) / len(hits)
     metrics["vqa_n"] = len(hits)

@@ -14,7 +14,8 @@ built on Vicuna and CLIP:
    (``align_embeddings``; frozen, VQA fell from 0.87 to 0.81 in a 3000-step trial).
 3. Instruction tuning of projector and language model (vision tower frozen, as LLaVA-1.5)
    on freshly drawn scenes: 30% detailed descriptions, 20% grounded descriptions
-   ("describe the boat."), 50% single-word VQA.
+   ("describe the boat.", "describe the red object."), 50% single-word VQA (each question
+   type equally often).
 
 Fixed seed and thread count. Writes both models with ``save_pretrained`` under
 ``lvlm_kit/testbed/weights`` (or ``--out``): ``lvlm/`` (``load_model("testbed")``) and
@@ -52,11 +53,11 @@ from .world import (
     PLURALS,
     SIZES,
     Scene,
+    balanced_question,
     describe,
     grounded_description,
     render,
     sample_scene,
-    vqa_pairs,
 )
 from .world import vocabulary as world_vocabulary
 
@@ -85,7 +86,7 @@ class TrainConfig:
     warmup: int = 100  # linear warm-up steps, then cosine decay to 5% of peak
     weight_decay: float = 0.01
     describe_share: float = 0.3  # share of detailed-description examples
-    ground_share: float = 0.2  # share of "describe the <category>." examples (rest: VQA)
+    ground_share: float = 0.2  # share of "describe the <category>/<colour> object." (rest: VQA)
     vision_steps: int = 800  # vision-alignment steps (0: no alignment, vision trained end to end)
     vision_batch_size: int = 64
     vision_lr: float = 1e-3
@@ -112,8 +113,7 @@ def example(
         return image, rng.choice(DESCRIBE_PROMPTS), describe(scene)
     if u < describe_share + ground_share:
         return image, *grounded_description(scene, rng)
-    question, answer = rng.choice(vqa_pairs(scene, rng))
-    return image, question, answer
+    return image, *balanced_question(scene, rng)
 
 
 def chat_text(instruction: str, answer: str) -> str:
@@ -135,7 +135,7 @@ def llm_example(rng: random.Random) -> str:
     if u < 0.4:
         return chat_text(*grounded_description(scene, rng))
     if u < 0.6:
-        return chat_text(*rng.choice(vqa_pairs(scene, rng)))
+        return chat_text(*balanced_question(scene, rng))
     if u < 0.75:
         return paraphrase(scene, rng) + "</s>"
     return generic_text(rng, rng.randint(1, 3)) + "</s>"

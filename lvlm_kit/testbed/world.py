@@ -330,17 +330,26 @@ def describe(scene: Scene) -> str:
     return f"there {verb} {', '.join(phrases[:-1])} and {phrases[-1]}."
 
 
-def grounded_description(scene: Scene, rng: random.Random, absent: float = 0.25) -> tuple[str, str]:
+def grounded_description(
+    scene: Scene, rng: random.Random, absent: float = 0.25, by_colour: float = 0.5
+) -> tuple[str, str]:
     """A "describe the <category>." prompt and its answer, e.g. "a small red boat.".
 
     With probability ``absent`` the category is one the scene lacks and the answer is
-    "there is no <category>.". The answer names the asked object, so training on these
-    teaches the model to look an object up by its name (what VQA questions need).
+    "there is no <category>.". Otherwise, with probability ``by_colour``, the object is
+    asked for by a colour no other visible object has ("describe the red object."). The
+    answer names the asked object, so training on these teaches the model to look an
+    object up by its name or its colour (what VQA questions need).
     """
     absent_cats = [c for c in CATEGORIES if c not in scene.categories]
     if absent_cats and rng.random() < absent:
         c = rng.choice(absent_cats)
         return f"describe the {c}.", f"there is no {c}."
+    colours = [g.colour for g in scene.visible]
+    unique = [g for g in scene.visible if colours.count(g.colour) == 1]
+    if unique and rng.random() < by_colour:
+        g = rng.choice(unique)
+        return f"describe the {g.colour} object.", noun_phrase(g) + "."
     g = rng.choice(scene.visible)
     return f"describe the {g.category}.", noun_phrase(g) + "."
 
@@ -369,6 +378,32 @@ def vqa_pairs(scene: Scene, rng: random.Random, hidden: bool = True) -> list[tup
     for c in rng.sample(absent, min(len(scene.groups), len(absent))):
         pairs.append((f"is there a {c} in this image?", "no"))
     return pairs
+
+
+QUESTION_TYPES = ("colour", "size", "count", "object", "existence")
+
+
+def question_type(question: str) -> str:
+    """The kind of a :func:`vqa_pairs` question: one of :data:`QUESTION_TYPES` or "other"."""
+    if question.endswith("object?"):
+        return "object"
+    for start, kind in (("what colour", "colour"), ("what size", "size"), ("how many", "count"),
+                        ("is there", "existence")):  # fmt: skip
+        if question.startswith(start):
+            return kind
+    return "other"
+
+
+def balanced_question(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    """One :func:`vqa_pairs` pair, its question type drawn uniformly.
+
+    Only the types the scene offers are drawn from, so rarer kinds ("what is the red
+    object?") are asked as often as the rest.
+    """
+    by_type: dict[str, list[tuple[str, str]]] = {}
+    for q, a in vqa_pairs(scene, rng):
+        by_type.setdefault(question_type(q), []).append((q, a))
+    return rng.choice(by_type[rng.choice(sorted(by_type))])
 
 
 def vocabulary() -> list[str]:
