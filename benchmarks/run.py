@@ -41,7 +41,7 @@ def make(vocab: int, layers: int, hidden: int, image: int = 64) -> LoadedModel:
     tok = build_word_tokenizer([f"w{i}" for i in range(vocab)] + ["describe", "this", "image"])
     shape = LlavaShape(image_size=image, patch_size=8, vision_hidden=64, vision_layers=2,
                        vision_heads=4, hidden=hidden, layers=layers, heads=8, kv_heads=8,
-                       intermediate=int(hidden * 2.75), max_positions=1024)  # fmt: skip
+                       intermediate=int(hidden * 2.75), max_positions=2048)  # fmt: skip
     model = build_model(shape, tok)
     model.generation_config.eos_token_id = None  # always generate exactly T tokens
     return LoadedModel(model, build_processor(shape, tok), resolve_anatomy(model), "bench")

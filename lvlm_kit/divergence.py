@@ -21,17 +21,21 @@ def _plogp_ratio(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p))
 
 
-def entropy(logp: torch.Tensor) -> torch.Tensor:
+def entropy(logp: torch.Tensor, p: torch.Tensor | None = None) -> torch.Tensor:
     """Shannon entropy in nats.
 
     Args:
         logp: log-probabilities ``[..., V]``.
+        p: ``logp.exp()``, if the caller already has it (saves one pass).
 
     Returns:
         ``[...]`` entropies in ``[0, ln V]``.
     """
-    p = logp.exp()
-    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+    p = logp.exp() if p is None else p
+    h = -torch.linalg.vecdot(p, logp)
+    if h.isnan().any():  # a zero probability (log p = -inf): 0 · log 0 = 0
+        h = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+    return h
 
 
 def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
@@ -47,23 +51,39 @@ def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return _plogp_ratio(logp, logq).sum(-1).clamp_min(0.0)
 
 
-def js_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+def js_divergence(
+    logp: torch.Tensor,
+    logq: torch.Tensor,
+    p: torch.Tensor | None = None,
+    q: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Jensen–Shannon divergence in nats, the true (summed) definition.
 
-    ``JSD = ½ KL(P ‖ M) + ½ KL(Q ‖ M)`` with ``M = ½ (P + Q)`` and
-    ``log M = logsumexp(log P, log Q) - ln 2``. Symmetric, zero iff P = Q, bounded by
-    ``ln 2``; rounding noise is clamped into ``[0, ln 2]``.
+    ``JSD = ½ KL(P ‖ M) + ½ KL(Q ‖ M)`` with ``M = ½ (P + Q)``. Symmetric, zero iff
+    P = Q, bounded by ``ln 2``; rounding noise is clamped into ``[0, ln 2]``. The mixture
+    is formed from the probabilities and its log taken once; where a probability is zero
+    the sum is redone in log space (``log M = logsumexp(log P, log Q) - ln 2``) with
+    ``0 · log 0 = 0``.
 
     Args:
         logp: log-probabilities ``[..., V]``.
         logq: log-probabilities ``[..., V]`` (broadcastable).
+        p: ``logp.exp()`` and
+        q: ``logq.exp()``, if the caller already has them (saves two passes).
 
     Returns:
         ``[...]`` divergences in ``[0, ln 2]``.
     """
     logp, logq = torch.broadcast_tensors(logp, logq)
-    logm = torch.logaddexp(logp, logq) - LN2
-    js = 0.5 * (_plogp_ratio(logp, logm).sum(-1) + _plogp_ratio(logq, logm).sum(-1))
+    p = logp.exp() if p is None else p.expand_as(logp)
+    q = logq.exp() if q is None else q.expand_as(logq)
+    logm = torch.lerp(p, q, 0.5).log_()
+    kl_p = torch.sub(logp, logm).mul_(p).sum(-1)
+    kl_q = torch.sub(logq, logm, out=logm).mul_(q).sum(-1)
+    js = 0.5 * (kl_p + kl_q)
+    if not js.isfinite().all():  # a zero probability (or m underflowing): 0 · log 0 = 0
+        logm = torch.logaddexp(logp, logq) - LN2
+        js = 0.5 * (_plogp_ratio(logp, logm).sum(-1) + _plogp_ratio(logq, logm).sum(-1))
     return js.clamp(0.0, LN2)
 
 

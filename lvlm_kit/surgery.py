@@ -78,7 +78,13 @@ class ResidualRecorder:
 
     def _keep(self, hidden: torch.Tensor) -> torch.Tensor:
         kept = (hidden[0] if self.all_positions else hidden[0, -1]).detach()
-        return kept.to(self.device) if self.device is not None else kept.clone()
+        if self.device is not None:
+            moved = kept.to(self.device)
+            if moved is not kept:  # already a copy
+                return moved
+        # The last position of a longer sequence (the prefill) is copied, so that the rest of
+        # it can be freed; a one-position output is kept as it is (no copy per step).
+        return kept.clone() if not self.all_positions and hidden.shape[1] > 1 else kept
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from .divergence import entropy, js_divergence, js_divergence_dola
 from .files import atomic_path
@@ -249,8 +250,31 @@ def _watch_ids(tokenizer: Any, watch: Sequence[int | str], vocab_size: int) -> t
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _decode_with_offsets(tokenizer: Any, ids: list[int]) -> tuple[str, list[int]]:
-    """Decoded text and each token's start offset in it (by incremental decoding)."""
+def _decode_with_offsets(tokenizer: Any, ids: list[int], window: int = 8) -> tuple[str, list[int]]:
+    """Decoded text and each token's start offset in it.
+
+    Token k's characters are what decoding ``ids[a:k+1]`` adds to decoding ``ids[a:k]``,
+    with ``a`` ``window`` tokens back: linear in K. Where that does not simply extend the
+    text (a multi-byte character completed, spaces cleaned up), or the pieces do not add up
+    to the whole decoded text, the offsets are taken from decoding every prefix instead.
+    """
+    offsets, text = [], ""
+    for k in range(len(ids)):
+        a = max(0, k - window)
+        head = tokenizer.decode(ids[a:k], skip_special_tokens=True)
+        tail = tokenizer.decode(ids[a : k + 1], skip_special_tokens=True)
+        if not tail.startswith(head):
+            return _decode_prefixes(tokenizer, ids)
+        added = tail[len(head) :]
+        offsets.append(len(text) + (len(added) - len(added.lstrip())))
+        text += added
+    if text != tokenizer.decode(ids, skip_special_tokens=True):
+        return _decode_prefixes(tokenizer, ids)
+    return text, offsets
+
+
+def _decode_prefixes(tokenizer: Any, ids: list[int]) -> tuple[str, list[int]]:
+    """:func:`_decode_with_offsets` by decoding every prefix (quadratic in K, always exact)."""
     offsets, previous = [], ""
     for k in range(len(ids)):
         text = tokenizer.decode(ids[: k + 1], skip_special_tokens=True)
@@ -262,6 +286,47 @@ def _decode_with_offsets(tokenizer: Any, ids: list[int]) -> tuple[str, list[int]
         offsets.append(common + (len(added) - len(added.lstrip())))
         previous = text
     return previous, offsets
+
+
+def topk_last(x: torch.Tensor, k: int, block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x.topk(k, dim=-1)`` for a long last dimension, computed through block maxima.
+
+    The k largest entries of a row lie in the k blocks of ``block`` entries with the largest
+    maxima, so only those k blocks are searched: a cheap max-reduction over the row, then a
+    top-k over ``k * block`` candidates instead of all of them. Same values and indices as
+    ``torch.topk`` (ties may be ordered differently).
+
+    Args:
+        x: ``[..., V]`` values, contiguous in the last dimension.
+        k: how many to keep.
+        block: entries per block.
+
+    Returns:
+        ``(values, indices)``, each ``[..., k]``, sorted by decreasing value.
+    """
+    V = x.shape[-1]
+    n_full = V // block
+    if n_full < 4 * k:  # short rows: the plain top-k is as fast
+        return x.topk(k, dim=-1)
+    rows = x.reshape(-1, V)
+    maxima = rows[:, : n_full * block].view(-1, n_full, block).amax(-1)  # [R, n_full]
+    if V % block:
+        maxima = torch.cat([maxima, rows[:, n_full * block :].amax(-1, keepdim=True)], 1)
+    blocks = maxima.topk(k, dim=-1).indices  # [R, k]
+    cand = (blocks[..., None] * block + torch.arange(block, device=x.device)).reshape(len(rows), -1)
+    values = rows.gather(1, cand.clamp_max(V - 1))
+    values.masked_fill_(cand >= V, float("-inf"))  # the short last block's missing entries
+    top, where = values.topk(k, dim=-1)
+    return top.view(*x.shape[:-1], k), cand.gather(1, where).view(*x.shape[:-1], k)
+
+
+def chunk_steps(chunk_mb: float, n_lens_layers: int, vocab_size: int) -> int:
+    """Steps decoded together by :func:`reduce_steps` within ``chunk_mb`` of work arrays.
+
+    At most 4 float32 arrays of ``[chunk, L+1, V]`` live at once: log-probabilities,
+    probabilities and the JS divergence's two.
+    """
+    return max(1, int(chunk_mb * 2**20 // (4 * 4 * n_lens_layers * vocab_size)))
 
 
 @torch.inference_mode()
@@ -276,13 +341,16 @@ def reduce_steps(
 ) -> dict[str, torch.Tensor]:
     """Decode residuals with the lens and reduce them per (step, layer), chunk by chunk.
 
+    One log-softmax and one ``exp`` per chunk serve every reduction: entropy, the
+    adjacent-layer JS, rank, top-k and the watched probabilities.
+
     Args:
         lens: the float32 lens.
         residuals: ``[K, L+1, d]`` residual stream at each predicting position.
         token_ids: ``[K]`` the emitted token of each step.
         top_k: how many top candidates to keep per layer.
         dola_compat: also compute the DoLa-code JS variant (float64).
-        chunk_mb: memory budget of one chunk of ``[chunk, L+1, V]`` float32 work arrays.
+        chunk_mb: memory budget of one chunk's ``[chunk, L+1, V]`` float32 work arrays.
         watch_ids: ``[W]`` ids whose probability to keep at every (step, layer).
 
     Returns:
@@ -291,31 +359,32 @@ def reduce_steps(
         ``watch_probs`` ``[K, L+1, W]`` when ``watch_ids`` is given.
     """
     K, L1, _ = residuals.shape
-    V = lens.vocab_size
-    # logits, log-probs, probs and the JS mixture: ~6 float32 arrays of [chunk, L+1, V].
-    chunk = max(1, int(chunk_mb * 2**20 // (6 * 4 * L1 * V)))
+    chunk = chunk_steps(chunk_mb, L1, lens.vocab_size)
     parts: dict[str, list[torch.Tensor]] = {}
     ids = token_ids.to(lens.device)
     for start in range(0, K, chunk):
-        logp = lens.log_probs(residuals[start : start + chunk])  # [c, L+1, V]
-        emitted = ids[start : start + chunk, None, None].expand(-1, L1, 1)
-        tok_logp = logp.gather(-1, emitted)  # [c, L+1, 1]
-        top_lp, top_ids = logp.topk(top_k, dim=-1)
-        out = {
-            "topk_ids": top_ids,
-            "topk_probs": top_lp.exp(),
-            "token_prob": tok_logp[..., 0].exp(),
-            "token_rank": (logp > tok_logp).sum(-1),
-            "entropy": entropy(logp),
-            "js": js_divergence(logp[:, :-1], logp[:, 1:]),
-        }
-        if watch_ids is not None:
-            out["watch_probs"] = logp[..., watch_ids.to(lens.device)].exp()
-        if dola_compat:
-            out["js_dola"] = js_divergence_dola(logp[:, :-1], logp[:, 1:])
-        for key, value in out.items():
-            parts.setdefault(key, []).append(value.cpu())
-        del logp
+        with record_function("lvlm_kit.lens"):
+            logp = lens.log_probs(residuals[start : start + chunk])  # [c, L+1, V]
+        with record_function("lvlm_kit.reduce"):
+            p = logp.exp()
+            emitted = ids[start : start + chunk, None, None].expand(-1, L1, 1)
+            tok_logp = logp.gather(-1, emitted)  # [c, L+1, 1]
+            top_lp, top_ids = topk_last(logp, top_k)
+            out = {
+                "topk_ids": top_ids,
+                "topk_probs": top_lp.exp(),
+                "token_prob": tok_logp[..., 0].exp(),
+                "token_rank": (logp > tok_logp).sum(-1, dtype=torch.int32).long(),
+                "entropy": entropy(logp, p),
+                "js": js_divergence(logp[:, :-1], logp[:, 1:], p[:, :-1], p[:, 1:]),
+            }
+            if watch_ids is not None:
+                out["watch_probs"] = p[..., watch_ids.to(lens.device)]
+            if dola_compat:
+                out["js_dola"] = js_divergence_dola(logp[:, :-1], logp[:, 1:])
+            for key, value in out.items():
+                parts.setdefault(key, []).append(value.cpu())
+            del logp, p
     return {key: torch.cat(vals) for key, vals in parts.items()}
 
 
@@ -366,6 +435,7 @@ def trace(
     lens = loaded.lens(lens_norm)
     watch_ids = _watch_ids(loaded.tokenizer, watch, lens.vocab_size) if watch else None
     with (
+        record_function("lvlm_kit.generate"),
         skip_layers(loaded.anatomy, skip) as skipped,
         ResidualRecorder(loaded.anatomy, device=lens.device) as rec,
     ):
@@ -381,10 +451,14 @@ def trace(
             "the generation strategy is not plain greedy decoding."
         )
     reduced = reduce_steps(lens, residuals, token_ids, top_k, dola_compat, chunk_mb, watch_ids)
-    tok = loaded.tokenizer
-    extra = [] if watch_ids is None else [watch_ids]
-    seen = torch.unique(torch.cat([token_ids, reduced["topk_ids"].reshape(-1), *extra])).tolist()
-    text, offsets = _decode_with_offsets(tok, token_ids.tolist())
+    with record_function("lvlm_kit.bookkeeping"):
+        tok = loaded.tokenizer
+        extra = [] if watch_ids is None else [watch_ids]
+        ids = torch.cat([token_ids, reduced["topk_ids"].reshape(-1), *extra])
+        seen = torch.unique(ids).tolist()
+        text, offsets = _decode_with_offsets(tok, token_ids.tolist())
+        tokens = [tok.decode([i]) for i in token_ids.tolist()]
+        vocab = {i: tok.decode([i]) for i in seen}
     return Trace(
         model_name=loaded.name,
         lens_norm=lens_norm,
@@ -393,8 +467,8 @@ def trace(
         generated_text=text,
         offsets=offsets,
         watch_ids=watch_ids,
-        tokens=[tok.decode([i]) for i in token_ids.tolist()],
-        vocab={i: tok.decode([i]) for i in seen},
+        tokens=tokens,
+        vocab=vocab,
         token_ids=token_ids,
         prompt_ids=prompt_ids,
         image_positions=loaded.anatomy.image_positions(prompt_ids),

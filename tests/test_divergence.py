@@ -90,3 +90,28 @@ def test_batched_shapes():
     assert js_divergence(a, b).shape == (3, 5)
     assert js_divergence_dola(a, b).shape == (3, 5)
     assert entropy(a).shape == (3, 5)
+
+
+def test_float32_at_vocabulary_scale_matches_float64():
+    # The lens's case: [tokens, layers, V] float32 log-probabilities, adjacent layers compared.
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 5, 32000, generator=g) * torch.linspace(0.5, 12, 5)[:, None]
+    lp = torch.log_softmax(z, -1)
+    lp64 = lp.double()
+    ref_js = js_divergence(lp64[:, :-1], lp64[:, 1:])
+    ref_h = -(lp64.exp() * lp64).sum(-1)
+    p = lp.exp()
+    got_js = js_divergence(lp[:, :-1], lp[:, 1:], p[:, :-1], p[:, 1:])
+    torch.testing.assert_close(got_js.double(), ref_js, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(js_divergence(lp[:, :-1], lp[:, 1:]), got_js)
+    torch.testing.assert_close(entropy(lp, p).double(), ref_h, atol=2e-5, rtol=1e-6)
+
+
+def test_zero_and_underflowing_probabilities_take_the_exact_path():
+    tiny = torch.finfo(torch.float32).smallest_normal * 2**-23  # the smallest subnormal
+    p = torch.tensor([1.0 - 1e-7, tiny, 0.0]).log()
+    q = torch.tensor([1.0 - 1e-7, 0.0, 0.0]).log()
+    assert js_divergence(p, q).item() == pytest.approx(0.0, abs=1e-7)  # m underflows to 0
+    assert entropy(q).item() == pytest.approx(1e-7, abs=1e-7)
+    lp = torch.log_softmax(torch.tensor([[0.0, -torch.inf, 2.0], [1.0, 1.0, -torch.inf]]), -1)
+    assert torch.isfinite(entropy(lp)).all() and torch.isfinite(js_divergence(lp[0], lp[1]))

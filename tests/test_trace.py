@@ -8,7 +8,8 @@ from lvlm_kit import Trace, TraceFileError, trace
 from lvlm_kit.generation import greedy_config
 from lvlm_kit.inputs import prepare_inputs
 from lvlm_kit.lens import Lens
-from lvlm_kit.trace import reduce_steps
+from lvlm_kit.surgery import ResidualRecorder
+from lvlm_kit.trace import _decode_prefixes, _decode_with_offsets, reduce_steps, topk_last
 
 PROMPT = "Describe the image."
 
@@ -138,3 +139,69 @@ def test_trace_builds_the_lens_once_per_model_and_norm(image, monkeypatch):
         trace(loaded, image, "Describe the image.", 3)
     trace(loaded, image, "Describe the image.", 3, lens_norm="raw")
     assert len(built) == 2
+
+
+@pytest.mark.parametrize("V", [32000, 32064, 5003, 300])
+def test_topk_last_equals_torch_topk(V):
+    g = torch.Generator().manual_seed(V)
+    x = torch.randn(3, 7, V, generator=g)
+    x[0, 0, -1] = 50.0  # the largest entry in the short last block
+    x[1, 2, :10] = torch.arange(10.0) + 20  # the whole top-10 in one block
+    values, ids = topk_last(x, 10)
+    want = x.topk(10, dim=-1)
+    assert torch.equal(values, want.values) and torch.equal(ids, want.indices)
+    assert ids.shape == (3, 7, 10)
+
+
+def _trained_tokenizer(kind: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [
+        "a small café next to the naïve boat 🚤 and two fish 🐟.",
+        "the boat's sail, isn't it?",
+    ]
+    tok = Tokenizer(models.BPE())
+    if kind == "bytes":  # GPT-2 style: characters split across byte tokens
+        tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(), decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:  # sentencepiece style: "▁" marks a word start
+        tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+        alphabet = []
+    tok.train_from_iterator(
+        corpus * 5, trainers.BpeTrainer(vocab_size=300, initial_alphabet=alphabet)
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False)
+
+
+@pytest.mark.parametrize("kind", ["bytes", "metaspace"])
+def test_linear_offsets_equal_prefix_decoding(kind):
+    tok = _trained_tokenizer(kind)
+    g = torch.Generator().manual_seed(0)
+    texts = ["a small café next to the naïve boat 🚤 and two fish 🐟.", "isn't it the boat's sail?"]
+    sequences = [tok.encode(t) for t in texts]
+    sequences += [torch.randint(0, len(tok), (40,), generator=g).tolist() for _ in range(20)]
+    for ids in sequences:
+        assert _decode_with_offsets(tok, ids) == _decode_prefixes(tok, ids)
+    text, offsets = _decode_with_offsets(tok, sequences[0])
+    last = tok.decode(sequences[0][-1:]).strip()  # "." or "🐟." as one token
+    assert text.strip() == texts[0] and text[offsets[-1] :] == last
+
+
+@pytest.mark.parametrize("which", ["tiny_llava", "tiny_llama"])
+def test_recorded_residuals_equal_hidden_states_at_every_step(which, request, image):
+    # The recorder keeps decode-step outputs without copying them: they must still hold
+    # what each step computed once generation is over (HF's raw pre-norm states, except the
+    # last entry, which HF returns after the final norm).
+    loaded = request.getfixturevalue(which)
+    inputs, _ = prepare_inputs(loaded, image if loaded.is_vision else None, PROMPT)
+    config = greedy_config(loaded.model, 6)
+    config.output_hidden_states = config.return_dict_in_generate = True
+    with ResidualRecorder(loaded.anatomy) as rec, torch.inference_mode():
+        out = loaded.model.generate(**inputs, generation_config=config)
+    got = rec.stacked()  # [K, L+1, d]
+    want = torch.stack([torch.stack([h[0, -1] for h in step]) for step in out.hidden_states])
+    assert got.shape == want.shape == (6, loaded.anatomy.n_layers + 1, got.shape[-1])
+    torch.testing.assert_close(got[:, :-1], want[:, :-1], atol=0, rtol=0)
+    normed = loaded.anatomy.final_norm(got[:, -1])
+    torch.testing.assert_close(normed, want[:, -1], atol=1e-6, rtol=1e-6)
