@@ -28,21 +28,28 @@ SHAPE = LlavaShape(image_size=336, patch_size=14, vision_hidden=1024, vision_lay
                    intermediate=11008, max_positions=4096)  # fmt: skip
 
 
-def make() -> LoadedModel:
-    words = [f"w{i}" for i in range(32064 - 8)] + ["describe", "this", "image"]
+def make(shape: LlavaShape = SHAPE, vocab: int = 32064) -> LoadedModel:
+    """A random-weight LLaVA of ``shape`` in bf16, built on the GPU (the CPU without one)."""
+    words = [f"w{i}" for i in range(vocab - 8)] + ["describe", "this", "image"]
     tok = build_word_tokenizer(words)
-    torch.set_default_device("cuda")
-    model = build_model(SHAPE, tok).to(torch.bfloat16)
+    torch.set_default_device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(shape, tok).to(torch.bfloat16)
     torch.set_default_device("cpu")
     model.generation_config.eos_token_id = None  # always generate exactly T tokens
-    return LoadedModel(model, build_processor(SHAPE, tok), resolve_anatomy(model), "7b-shape")
+    return LoadedModel(model, build_processor(shape, tok), resolve_anatomy(model), "7b-shape")
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def timed(fn) -> float:
-    torch.cuda.synchronize()
+    """Wall seconds of ``fn()``, the GPU's queue drained before and after."""
+    _sync()
     start = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    _sync()
     return time.perf_counter() - start
 
 
