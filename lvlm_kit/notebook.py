@@ -108,6 +108,16 @@ def load(
     return load_model(model, quantization, dtype, device_map=device_map)
 
 
+def output_root() -> Path:
+    """Where notebooks write by default.
+
+    ``<repo>/outputs`` when the kit runs from a checkout of its repository, else
+    ``./outputs`` in the current folder (an installed kit never writes into site-packages).
+    """
+    in_checkout = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "notebooks").is_dir()
+    return REPO_ROOT / "outputs" if in_checkout else Path.cwd() / "outputs"
+
+
 def start(name: str, **parameters: Any) -> tuple[Path, LoadedModel]:
     """A notebook's first step: check its parameters, make its output folder, load the model.
 
@@ -118,13 +128,13 @@ def start(name: str, **parameters: Any) -> tuple[Path, LoadedModel]:
 
     Returns:
         ``(output folder, loaded model)``: the folder is ``OUTPUT_DIR``, or
-        ``<repo>/outputs/<name>`` when it is None.
+        ``<output_root()>/<name>`` when it is None.
 
     Raises:
         ParameterError: a parameter the notebook cannot use (before the model loads).
     """
     check_parameters(parameters)
-    out = Path(parameters["OUTPUT_DIR"] or REPO_ROOT / "outputs" / name).expanduser()
+    out = Path(parameters["OUTPUT_DIR"] or output_root() / name).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(parameters["SEED"])
     lm = load(

@@ -22,15 +22,20 @@
 # `papermill 05_features_single_image.ipynb out.ipynb -p MODEL llava-hf/llava-1.5-7b-hf -p QUANTIZATION 4bit -p DATA /path/to/AMBER`
 
 # %%
-# Setup: locally the kit is installed by `make reproduce` / `make test`. In Colab, first
-# clone the lvlm-kit repository to /content/lvlm-kit; this cell then installs it.
+# Setup. In a checkout, `make reproduce` / `make test` install the kit. Anywhere else (Colab,
+# a fresh kernel) this cell installs it with pip when it is not importable, from KIT: a
+# folder of the repository, a built wheel, or a git URL such as
+# "lvlm-kit @ git+https://<host>/<owner>/lvlm-kit.git". The install is a regular one into
+# site-packages, which is already on the kernel's path: no restart is needed.
+import importlib
+import importlib.util
+import subprocess
 import sys
 
-if "google.colab" in sys.modules:
-    import subprocess
-
-    kit = "/content/lvlm-kit"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", kit], check=True)
+KIT = "/content/lvlm-kit"
+if importlib.util.find_spec("lvlm_kit") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", KIT], check=True)
+    importlib.invalidate_caches()
 
 
 # %% tags=["parameters"]
@@ -44,7 +49,7 @@ PROMPT = "Please describe this image in detail."
 MAX_NEW_TOKENS = 48
 N_IMAGES = 1
 SEED = 0
-OUTPUT_DIR = None  # default: <repo>/outputs/05_features_single_image
+OUTPUT_DIR = None  # default: outputs/05_features_single_image in the repository (else in the current folder)
 
 
 # %% [markdown]
