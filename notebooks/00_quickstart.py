@@ -49,7 +49,7 @@ PROMPT = "Please describe this image in detail."
 MAX_NEW_TOKENS = 32
 N_IMAGES = 1
 SEED = 0
-OUTPUT_DIR = None  # default: outputs/00_quickstart in the repository (else in the current folder)
+OUTPUT_DIR = None  # None: outputs/<notebook> in the repository, else ./outputs/<notebook>
 
 
 # %% [markdown]

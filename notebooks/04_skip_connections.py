@@ -49,7 +49,7 @@ PROMPT = "Please describe this image in detail."
 MAX_NEW_TOKENS = 48
 N_IMAGES = 24
 SEED = 0
-OUTPUT_DIR = None  # default: outputs/04_skip_connections in the repository (else in the current folder)
+OUTPUT_DIR = None  # None: outputs/<notebook> in the repository, else ./outputs/<notebook>
 
 # %% [markdown]
 # Check the parameters (a bad value stops here, before anything loads), load the model named by `MODEL` (the embedded testbed by default) and make the output folder; figures and `metrics.json` are written there.

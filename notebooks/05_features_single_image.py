@@ -49,7 +49,7 @@ PROMPT = "Please describe this image in detail."
 MAX_NEW_TOKENS = 48
 N_IMAGES = 1
 SEED = 0
-OUTPUT_DIR = None  # default: outputs/05_features_single_image in the repository (else in the current folder)
+OUTPUT_DIR = None  # None: outputs/<notebook> in the repository, else ./outputs/<notebook>
 
 
 # %% [markdown]

@@ -49,7 +49,7 @@ PROMPT = "Please describe this image in detail."
 MAX_NEW_TOKENS = 2
 N_IMAGES = 1
 SEED = 0
-OUTPUT_DIR = None  # default: outputs/06_features_vqa in the repository (else in the current folder)
+OUTPUT_DIR = None  # None: outputs/<notebook> in the repository, else ./outputs/<notebook>
 QUESTION_OBJECTS = ["flower", "boat", "ball", "star"]  # testbed: "what colour is the X?"
 IMAGES_PER_QUESTION = 12
 

@@ -49,7 +49,7 @@ PROMPT = "Please describe this image in detail."
 MAX_NEW_TOKENS = 48
 N_IMAGES = 24
 SEED = 0
-OUTPUT_DIR = None  # default: outputs/07_lvlm_vs_llm in the repository (else in the current folder)
+OUTPUT_DIR = None  # None: outputs/<notebook> in the repository, else ./outputs/<notebook>
 LLM_MODEL = "testbed-llm"  # the base LLM (id / folder), or None: the LVLM without images
 LLM_PROMPTS = [
     "describe this image.",

@@ -49,7 +49,7 @@ PROMPT = "Please describe this image in detail."
 MAX_NEW_TOKENS = 48
 N_IMAGES = 24
 SEED = 0
-OUTPUT_DIR = None  # default: outputs/08_applications in the repository (else in the current folder)
+OUTPUT_DIR = None  # None: outputs/<notebook> in the repository, else ./outputs/<notebook>
 N_STAGE_IMAGES = 8  # images used to detect the stages
 SKIP_KS = [1, 2, 3]
 

@@ -51,7 +51,7 @@ PROMPT = "Please describe this image in detail."
 MAX_NEW_TOKENS = 48
 N_IMAGES = 12
 SEED = 0
-OUTPUT_DIR = None  # default: outputs/09_quantization in the repository (else in the current folder)
+OUTPUT_DIR = None  # None: outputs/<notebook> in the repository, else ./outputs/<notebook>
 VARIANTS = ["8bit", "nf4", "fp4"]  # quantizations to compare ("4bit" is nf4 + double quant)
 
 
