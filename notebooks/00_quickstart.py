@@ -79,6 +79,18 @@ items = data.resolve_data(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 
 # %% [markdown]
 # ## 1. Trace one image
+#
+# `trace` runs one greedy generation (the same tokens as `model.generate`) and records the
+# residual stream of every decoder layer at every generated token. Each layer's state is
+# then decoded with the model's own final norm and language head, in float32: layer j's
+# "early exit" distribution over the vocabulary. Only small summaries are kept per token
+# and layer (the emitted token's probability and rank, the top-10 candidates, the entropy,
+# the JS divergence to the next layer); the trace is saved to `trace.safetensors` so every
+# figure can be redrawn without the model.
+#
+# **What to look for:** the generated description, then one row per (token, layer) in the
+# frame: `prob` is the probability that layer gives the token the model finally emitted,
+# `top1` is what that layer would have said.
 
 # %%
 from lvlm_kit.widgets import TraceExplorer, topk_table
@@ -90,12 +102,25 @@ tr.to_frame().head(8)
 
 # %% [markdown]
 # ## 2. Probability of each generated token at every layer
+#
+# The same numbers as a heatmap (the paper's Fig. 2, one image): rows are the generated
+# tokens, columns the layers 0..L, colour the probability of the emitted token. The last
+# column is exactly the model's own output distribution (the lens's last layer equals the
+# model's logits, a test checks it).
+#
+# **What to look for:** where each row turns bright, i.e. at which depth the model settles
+# on the token it will say. Notebook 01 measures this over many images.
 
 # %%
 notebook.show(plots.token_probability_heatmap(tr), OUTPUT_DIR, "token_probabilities")
 
 # %% [markdown]
 # ## 3. Explore a token: top-k per layer and its trajectory
+#
+# Move the slider to pick a generated token: the line shows its probability at every
+# layer, the table the top-5 candidates of every layer. In a headless run (papermill,
+# `make reproduce`) the widget is saved but not interactive; the next cell prints the same
+# table.
 
 # %%
 explorer = TraceExplorer(tr)
@@ -103,6 +128,10 @@ explorer.widget
 
 # %% [markdown]
 # ## 4. The same table without widgets (for headless runs)
+#
+# The top-3 candidates of every layer for the second generated token. **What to look for:**
+# the shallow layers' candidates are unrelated words with small probabilities; from some
+# layer on the emitted token is top-1 (`rank(emitted)` = 0) and its probability grows.
 
 # %%
 topk_table(tr, min(1, tr.n_tokens - 1), k=3)

@@ -79,6 +79,18 @@ items = data.resolve_data(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 
 # %% [markdown]
 # ## 1. Trace the images
+#
+# `trace` generates one greedy description per image (the same tokens as plain `generate`)
+# and, at every generated token, decodes the residual stream of every layer with the
+# model's own final norm and language head (the *logit lens*, in float32). It keeps, per
+# token and layer, the probability of the token that was finally emitted, its rank, the
+# top-10 candidates, the entropy and the JS divergence to the next layer; the full
+# `[tokens, layers, vocabulary]` array is never held. `detect_stages` then finds the
+# *critical layer*: the layer where the mean adjacent-layer JS divergence drops from its
+# shallow level to its deep level (notebook 03 looks at that curve itself).
+#
+# **What to look for:** the printed description of the first image, to read the figures
+# below against.
 
 # %%
 import pandas as pd
@@ -95,6 +107,15 @@ print(traces[0].generated_text)
 
 # %% [markdown]
 # ## 2. Fig. 2: probability of each generated token by layer
+#
+# The paper's Fig. 2 (left) is a heatmap: one row per generated token, one column per
+# layer, the colour the probability that layer's lens gives the token the model finally
+# emitted. In LLaVA-1.5-7B the paper sees an almost empty left part (probabilities near 0)
+# and a sudden brightening around layers 18-20 of 32, the *critical layers*.
+#
+# **What to look for:** a dark block on the left, a bright block on the right, and where
+# the change happens relative to the dashed critical layer. Rows that brighten late are the
+# tokens the model decided on late.
 
 # %%
 notebook.show(
@@ -102,7 +123,18 @@ notebook.show(
 )
 
 # %% [markdown]
+# **What the testbed shows.** The change from dark to bright is there, but earlier and more
+# gradual than in the paper: the critical layer is 3 of 12 (relative depth 0.25, the paper's
+# ~0.6), and shallow layers are not empty (the next cell puts a number on it).
+#
 # ## 3. Near zero in shallow layers, a sharp rise at the critical layer
+#
+# The figure in two numbers: the mean probability of the emitted token before the critical
+# layer and from it on, and the layer into which the mean probability rises most.
+# "Near zero" and "sharp" are turned into thresholds in the claims below (claims 1 and 2).
+#
+# **What to look for:** a shallow mean far below the deep mean; the steepest rise close to
+# the critical layer.
 
 # %%
 probs = torch.cat([t.token_prob for t in traces])  # [tokens, L+1]
@@ -116,7 +148,24 @@ print(
 )
 
 # %% [markdown]
+# **What the testbed shows.** Shallow layers give the emitted token about 0.16 of its final
+# probability (0.53 from the critical layer on), not the near-zero of the paper, and the
+# steepest rise is into the last layer (11 of 12) rather than at the critical layer: the
+# testbed's decision is spread over its depth.
+#
 # ## 4. Content tokens keep switching candidates in deep layers
+#
+# The paper's Fig. 2 (right) follows the top candidates of single tokens across layers:
+# function words and punctuation settle right after the critical layers, while content
+# words (objects, colours, sizes, counts) keep trading places with rival candidates until
+# the last layers. Here each token's top-1 candidate is compared between consecutive
+# layers after the critical layer, counting the switches, separately for function and
+# content tokens (`lvlm_kit.stages.token_kind`); the figure shows the candidates of the
+# first content token of the first description.
+#
+# **What to look for:** in the figure, several candidates with comparable probability in
+# the deep layers; in the printed numbers, more switches for content than for function
+# tokens.
 
 # %%
 kinds = [token_kind(tok) for t in traces for tok in t.tokens]
@@ -132,6 +181,9 @@ notebook.show(plots.candidate_trajectories(traces[0], step), OUTPUT_DIR, "fig2_c
 print(f"top-1 switches after the critical layer, per token: {by_kind}")
 
 # %% [markdown]
+# **What the testbed shows.** Content tokens switch their top-1 candidate about 2.2 times
+# after the critical layer, function tokens about 0.5 times: the pattern of the paper.
+#
 # ## 5. The claims, with 95% confidence intervals and a random-weight control
 #
 # Each claim becomes one statistic with a bootstrap interval over the images and a

@@ -82,7 +82,13 @@ OUTPUT_DIR, lm = notebook.start(
 # Each object noun of a description is labelled *correct* or *hallucinated* with the AMBER
 # scorer's noun analysis. Its rival is the runner-up at the last layer; a second trace
 # watches the rival at every layer, so we can find the layer from which the emitted token
-# stays ahead of it (the *overtake* layer).
+# stays ahead of it (the *overtake* layer). CHAIR (hallucinated object nouns over all
+# object nouns), Hal (responses with at least one) and Cover (annotated objects named) are
+# AMBER's metrics, scored here with the kit's offline re-implementation.
+#
+# **What to look for:** how many object tokens are hallucinated at all (a claim about them
+# needs several), and in the table, the overtake layers of hallucinated tokens against the
+# critical and mutation layers printed above it.
 
 # %%
 import pandas as pd
@@ -101,6 +107,15 @@ df[["image", "step", "label", "object", "rival", "overtake"]].head(12)
 
 # %% [markdown]
 # ## 2. Fig. 3: a hallucinated token against its runner-up
+#
+# The paper's Fig. 3 follows a hallucinated object word and the correct word it displaced
+# through the layers: the correct word leads after the critical layers, then in the last
+# layers the hallucinated one jumps past it. The figure draws the first hallucinated token
+# found (or the first object token when none was) against its final runner-up; the table
+# below summarises the overtake layers by label.
+#
+# **What to look for:** whether the two lines cross, and whether the crossing is in the
+# deep layers (after the critical layer) or already in the shallow ones.
 
 # %%
 hallucinated = df[df.label == "hallucinated"]
@@ -121,6 +136,11 @@ summary = df.groupby("label").overtake.agg(["count", "mean", "median"])
 summary
 
 # %% [markdown]
+# **What the testbed shows.** On the 8 default probe scenes the testbed names 19 object
+# tokens and hallucinates 2 of them (CHAIR 0.11): too few to compare the groups, so claims
+# 4 and 5 below come out *inconclusive*. More images (`N_IMAGES`) give more hallucinated
+# tokens to compare.
+#
 # ## 3. The claims, with 95% confidence intervals and a random-weight control
 #
 # Each claim becomes one statistic with a bootstrap interval over the images and a
