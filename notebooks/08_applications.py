@@ -82,6 +82,13 @@ OUTPUT_DIR, lm = notebook.start(
 
 # %% [markdown]
 # ## 1. Detect the stages
+#
+# The paper's §6 proposes two uses of the stages: compress the model by skipping layers of
+# the stabilisation stage, where the distribution hardly changes, and reduce hallucination
+# by acting on the mutation layers, where hallucinated objects jump ahead. Both need the
+# stages, detected here from plain traces of the first `N_STAGE_IMAGES` images.
+#
+# **What to look for:** the critical and mutation layers that the next two sections use.
 
 # %%
 import pandas as pd
@@ -102,10 +109,16 @@ print(f"critical layer {st.critical_layer}, mutation layers {st.mutation_layers}
 
 # %% [markdown]
 # ## 2. Compression: skip the most stable layers
-
-# %% [markdown]
-# The stabilisation stage bounds how many layers can be skipped: when the detected stages
-# leave fewer stable layers than `SKIP_KS` asks for, the sweep stops at what there is.
+#
+# For k = 0, 1, 2, ... the k layers of the stabilisation stage with the smallest mean
+# adjacent-layer JS are removed from the forward pass, and the model describes the images
+# and answers AMBER-style existence questions: object precision and recall, CHAIR, existence
+# accuracy and tokens per second against the ideal speed-up L / (L - k). The stabilisation
+# stage bounds how many layers can be skipped: when the detected stages leave fewer stable
+# layers than `SKIP_KS` asks for, the sweep stops at what there is.
+#
+# **What to look for:** how many layers can go before the quality measures fall (the
+# paper: little accuracy lost).
 
 # %%
 n_stable = len(stable_layers_by_js(st))
@@ -118,7 +131,19 @@ sweep = [{k: v for k, v in p.__dict__.items() if k != "existence_correct"} for p
 pd.DataFrame(sweep)
 
 # %% [markdown]
+# **What the testbed shows.** One skipped layer changes nothing measured; with two, recall
+# falls to 0.96 and existence accuracy to 0.88; with three, existence accuracy is 0.79.
+# Only about one layer of the 12 is free to skip here.
+#
 # ## 3. Hallucination mitigation: mutation layers and a DoLa-style baseline
+#
+# Four ways to decode the same images: plain greedy; skip2 (the mutation layers removed);
+# a DoLa-style contrast of the last layer against a premature layer; and an anchor that
+# adds the last pre-mutation layer's log-probabilities to the last layer's (DeCo-like).
+# Each is scored with CHAIR, Hal, Cover and Cog.
+#
+# **What to look for:** whether any variant lowers CHAIR without lowering Cover (fewer
+# hallucinated objects without naming fewer real ones).
 
 # %%
 decoding = compare_decoding(lm, amber, st, MAX_NEW_TOKENS)
@@ -131,6 +156,11 @@ pd.DataFrame(
 ).T
 
 # %% [markdown]
+# **What the testbed shows.** Plain decoding hallucinates 1 object noun in 58 (CHAIR 0.017);
+# skip2 removes it (CHAIR 0) but names fewer real objects (Cover 0.96); the DoLa-style
+# contrast and the anchor change nothing that CHAIR counts. With so few hallucinations on
+# these scenes, none of the differences is large.
+#
 # ## 4. The claims, with 95% confidence intervals and a random-weight control
 #
 # Each claim becomes one statistic with a bootstrap interval over the images and a

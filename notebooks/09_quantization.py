@@ -151,6 +151,10 @@ summary = pd.DataFrame(
 summary.round(4)
 
 # %% [markdown]
+# **What the testbed shows.** 8-bit reproduces every token, NF4 99% and FP4 70%; the
+# random-weight control none. The 4-bit models take a fifth of the full model's memory
+# (2.9 MB against 14 MB; the head stays in full precision), 8-bit a third.
+#
 # ## 4. Where in the model the quantized lens differs
 #
 # KL(full ‖ quantized) of the lens distribution at each layer, averaged over the tokens of each image (band: 95% interval over images). Quantization error enters at every layer and accumulates along the residual stream; a curve that stays low to the last layer means the layer picture survives.
@@ -164,6 +168,10 @@ notebook.show(
 )  # fmt: skip
 
 # %% [markdown]
+# **What the testbed shows.** 8-bit stays near 0.0001 nats at every layer; NF4 rises to
+# about 0.02 in layers 8-10 and FP4 to 0.1 at the last layer, all far below the 7 nats of
+# random weights.
+#
 # ## 5. The adjacent-layer JS curve of each run
 #
 # The stages of the paper (rapid evolution, stabilisation, mutation) are read from this curve; shaded as detected on the full-precision run.
@@ -177,6 +185,10 @@ notebook.show(
 )  # fmt: skip
 
 # %% [markdown]
+# **What the testbed shows.** The curves of 8-bit, NF4 and FP4 lie on the full-precision
+# curve (correlations of at least 0.98); the stages are detected at the same layers (3 and
+# 11) in every variant.
+#
 # ## 6. The claims, with 95% confidence intervals and a random-weight control
 #
 # Five claims per variant (`lvlm_kit.claims`, numbers 16–20): the thresholds say in numbers what "the same" means (at least 90% of the tokens, a worst-layer KL of at most 0.1 nats, a JS-curve correlation of at least 0.9, stages within one layer, CHAIR and Cover each within 0.05). Verdicts are *shown*, *not shown*, or *inconclusive* (the interval straddles the threshold).
