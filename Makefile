@@ -9,7 +9,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: env test unit lint reproduce notebooks clean
+.PHONY: env test unit lint reproduce pin notebooks clean
 
 env: $(STAMP)
 
@@ -33,6 +33,11 @@ lint: $(STAMP)
 
 reproduce: $(STAMP)
 	$(PY) -m lvlm_kit.reproduce --output outputs
+
+# After a reproduce whose numbers were reviewed: pin them (tests/expected_metrics.json),
+# rewrite the README's results table and refresh its gallery (docs/gallery).
+pin: $(STAMP)
+	$(PY) tests/pin.py outputs
 
 # The notebooks are paired with jupytext: edit either the .ipynb (Jupyter) or the .py twin,
 # then sync the other side.

@@ -1,17 +1,25 @@
 """The pinned headline numbers: one file (``tests/expected_metrics.json``) that the notebook
 tests assert and that the README's results table is generated from.
 
-    python tests/pin.py outputs     # after `make reproduce`: re-pin and rewrite the README table
+    python tests/pin.py outputs     # after `make reproduce` (or `make pin`): re-pin, rewrite
+                                    # the README table and refresh the README gallery
 
 Each notebook's pinned numbers are its claims (value, interval, control value, verdict) and
 a few scalars of its ``metrics.json``. Re-pinning is a deliberate act: a model change that
 moves a number fails the notebook tests until the new numbers are reviewed and pinned.
+
+The gallery is each notebook's main figure from the same run, copied to ``docs/gallery/``
+and shown in the README with the notebook's verdicts. ``docs/gallery/manifest.json``
+records each figure's hash and the hash of the testbed weights that drew them, so a test
+catches a gallery left stale by a retrained testbed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,6 +27,22 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = Path(__file__).resolve().parent / "expected_metrics.json"
 README = ROOT / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+GALLERY_START, GALLERY_END = "<!-- gallery:start -->", "<!-- gallery:end -->"
+GALLERY_DIR = ROOT / "docs" / "gallery"
+WEIGHTS = ROOT / "lvlm_kit" / "testbed" / "weights" / "lvlm" / "model.safetensors"
+#: The main figure of each notebook, shown in the README's gallery.
+GALLERY = {
+    "00_quickstart": "token_probabilities.png",
+    "01_token_probabilities": "fig2_token_probabilities.png",
+    "02_hallucination_trajectories": "fig3_trajectories.png",
+    "03_js_divergence": "fig4_js_stages.png",
+    "04_skip_connections": "fig5_skip_presets.png",
+    "05_features_single_image": "fig6_tsne.png",
+    "06_features_vqa": "fig7_tsne.png",
+    "07_lvlm_vs_llm": "js_lvlm_vs_llm.png",
+    "08_applications": "compression_sweep.png",
+    "09_quantization": "quantization_lens_kl.png",
+}
 #: metrics.json scalars pinned per notebook, besides the claims.
 SCALARS = {
     "00_quickstart": ["n_tokens", "mean_p_first_layer", "mean_p_last_layer", "generated_text"],
@@ -99,19 +123,58 @@ def render_table(pinned: dict) -> str:
     return "\n".join(rows)
 
 
-def readme_with_table(readme: str, table: str) -> str:
-    """``readme`` with the text between the results markers replaced by ``table``."""
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{table}\n{END}{tail}"
+def readme_with_table(readme: str, table: str, start: str = START, end: str = END) -> str:
+    """``readme`` with the text between the ``start`` and ``end`` markers replaced."""
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{table}\n{end}{tail}"
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def notebook_title(name: str) -> str:
+    """The title of a notebook: its first heading without the "# " (from the .py twin)."""
+    text = (ROOT / "notebooks" / f"{name}.py").read_text()
+    return next(line[4:] for line in text.splitlines() if line.startswith("# # "))
+
+
+def render_gallery(pinned: dict) -> str:
+    """The README's gallery: per notebook its title, main figure and verdicts."""
+    blocks = []
+    for name in GALLERY:
+        claims = sorted(pinned[name]["claims"].items(), key=lambda x: (claim_number(x[0]), x[0]))
+        verdicts = "; ".join(f"claim {n}: {c['verdict']}" for n, c in claims) or "no claims"
+        blocks.append(f"**{notebook_title(name)}** ({verdicts})\n\n"
+                      f"![{name}](docs/gallery/{name}.png)")  # fmt: skip
+    return "\n\n".join(blocks)
+
+
+def refresh_gallery(outputs: Path) -> dict:
+    """Copy each notebook's main figure from ``outputs`` and write the manifest."""
+    GALLERY_DIR.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    for name, figure in GALLERY.items():
+        target = GALLERY_DIR / f"{name}.png"
+        shutil.copyfile(outputs / name / figure, target)
+        figures[name] = sha256(target)
+    manifest = {"weights_sha256": sha256(WEIGHTS), "figures": figures}
+    (GALLERY_DIR / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
 
 
 def main(outputs: str) -> None:
-    """Re-pin from ``outputs`` and rewrite the README's results table."""
+    """Re-pin from ``outputs``, rewrite the README's results table and refresh its gallery."""
     pinned = pinned_from_outputs(Path(outputs))
     EXPECTED.write_text(json.dumps(pinned, indent=1, ensure_ascii=False) + "\n")
-    README.write_text(readme_with_table(README.read_text(), render_table(pinned)))
-    print(f"pinned {sum(len(p['claims']) for p in pinned.values())} claims to {EXPECTED}")
+    refresh_gallery(Path(outputs))
+    readme = readme_with_table(README.read_text(), render_table(pinned))
+    readme = readme_with_table(readme, render_gallery(pinned), GALLERY_START, GALLERY_END)
+    README.write_text(readme)
+    print(f"pinned {sum(len(p['claims']) for p in pinned.values())} claims to {EXPECTED}; "
+          f"gallery in {GALLERY_DIR}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -6,7 +6,21 @@ from pathlib import Path
 
 import papermill as pm
 import pytest
-from pin import EXPECTED, README, claim_id, claim_number, readme_with_table, render_table
+from pin import (
+    EXPECTED,
+    GALLERY,
+    GALLERY_DIR,
+    GALLERY_END,
+    GALLERY_START,
+    README,
+    WEIGHTS,
+    claim_id,
+    claim_number,
+    readme_with_table,
+    render_gallery,
+    render_table,
+    sha256,
+)
 
 ROOT = Path(__file__).parent.parent
 PINNED = json.loads(EXPECTED.read_text())
@@ -72,6 +86,20 @@ def test_readme_results_table_is_generated_from_the_pinned_numbers():
         "README's results table differs from tests/expected_metrics.json: run "
         "`python tests/pin.py outputs` after `make reproduce`"
     )
+
+
+def test_readme_gallery_is_fresh():
+    # The gallery's figures were drawn by the shipped testbed in the pinned run.
+    manifest = json.loads((GALLERY_DIR / "manifest.json").read_text())
+    assert manifest["weights_sha256"] == sha256(WEIGHTS), (
+        "the gallery was drawn by other testbed weights: run `make reproduce` then `make pin`"
+    )
+    assert sorted(manifest["figures"]) == sorted(GALLERY)
+    for name, digest in manifest["figures"].items():
+        assert sha256(GALLERY_DIR / f"{name}.png") == digest, f"{name}.png was changed by hand"
+    readme = README.read_text()
+    block = readme_with_table(readme, render_gallery(PINNED), GALLERY_START, GALLERY_END)
+    assert block == readme, "README's gallery differs from the pinned run: run `make pin`"
 
 
 def test_every_claim_is_pinned_once():
