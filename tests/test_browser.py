@@ -20,6 +20,7 @@ from lvlm_kit import trace
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.xdist_group("kernels"),  # one test at a time that serves a kernel of its own
     pytest.mark.skipif(
         not Path(CHROMIUM).exists(), reason="no chromium (apt-get install chromium)"
     ),
@@ -83,9 +84,9 @@ def test_explorer_slider_changes_table_title_and_trajectory(served, tmp_path):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page()
-        page.goto(served, timeout=60_000)
-        page.wait_for_selector("table.dataframe", timeout=60_000)
-        page.wait_for_selector(".widget-output img", timeout=60_000)
+        page.goto(served, timeout=180_000)
+        page.wait_for_selector("table.dataframe", timeout=180_000)
+        page.wait_for_selector(".widget-output img", timeout=180_000)
         before = {
             "table": page.inner_text("table.dataframe"),
             "title": page.inner_text(".widget-html b"),
@@ -98,7 +99,7 @@ def test_explorer_slider_changes_table_title_and_trajectory(served, tmp_path):
         page.keyboard.press("ArrowRight")  # token 0 -> token 1
         page.wait_for_function(
             "src => document.querySelector('.widget-output img').src !== src",
-            arg=before["plot"], timeout=60_000,
+            arg=before["plot"], timeout=180_000,
         )  # fmt: skip
         assert page.inner_text(".widget-html b").startswith("token 1:")
         assert page.inner_text("table.dataframe") != before["table"]
