@@ -101,13 +101,16 @@ def peak_extra_mb(fn) -> float:
     return _rss_mb("VmHWM") - base
 
 
+KINDS = {"trace": "trace_once", "naive": "naive_lens", "plain": "plain_once"}
+
+
 def peak_mb(kind: str, size: dict) -> float:
     """:func:`peak_extra_mb` of one method, in a fresh process with the model warmed up."""
     code = (
         "import sys, json; sys.path.insert(0, 'benchmarks'); import run; "
         f"s = json.loads({json.dumps(json.dumps(size))}); "
         "lm = run.make(s['V'], s['L'], s['d'], s['image']); run.plain_generate(lm, 2, False); "
-        f"fn = run.trace_once if {kind!r} == 'trace' else run.naive_lens; "
+        f"fn = getattr(run, {KINDS[kind]!r}); "
         "print(run.peak_extra_mb(lambda: fn(lm, s['T'])))"
     )
     # glibc otherwise keeps freed blocks of up to 32 MB in its heap (its mmap threshold rises
@@ -129,6 +132,10 @@ def macs_ratio(size: dict, prompt_len: int) -> float:
     V, L, d, T = size["V"], size["L"], size["d"], size["T"]
     generate = (prompt_len + T) * L * 12 * d * d + T * d * V
     return (generate + (L + 1) * T * d * V) / generate
+
+
+def plain_once(lm: LoadedModel, T: int):
+    return plain_generate(lm, T, hidden_states=False)
 
 
 def trace_once(lm: LoadedModel, T: int):

@@ -37,3 +37,24 @@ def test_memory_probe_and_macs_ratio(monkeypatch):
     # generate: (10 + 2) * 1 * 12 * 4 * 4 + 2 * 4 * 100 = 3104; lens adds 2 * 2 * 4 * 100
     assert run.macs_ratio(dict(V=100, L=1, d=4, T=2), 10) == (3104 + 1600) / 3104
     sys.modules.pop("run", None)
+
+
+@pytest.mark.slow
+def test_floor_benchmark_reports_ratios_split_and_memory(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import floor
+
+    results = floor.main(["--quick"])
+    out = capsys.readouterr().out
+    assert "trace/(plain+floor)" in out and "where trace's time goes" in out
+    assert list(results["T"]) == [4, 8, 16]
+    for r in results["T"].values():
+        assert r["trace_vs_plain_plus_floor"] == r["trace_s"] / (r["plain_s"] + r["floor_s"])
+    assert set(results["split"]["parts_s"]) == {"generate", "lens products", "reductions",
+                                                "bookkeeping"}  # fmt: skip
+    assert results["split"]["parts_s"]["lens products"] > 0
+    assert set(results["peak_mb"]) == {4, 16}
+    assert all(set(m) == {"trace", "plain"} for m in results["peak_mb"].values())
+    sys.modules.pop("floor", None)
+    sys.modules.pop("run", None)
