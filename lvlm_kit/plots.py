@@ -1,7 +1,10 @@
 """Seaborn figures of Traces, stages, projections and applications.
 
 Every function returns a ``matplotlib.figure.Figure``; :func:`save_figure` writes it as a
-PNG. Titles say which lens norm policy a figure used.
+PNG. Every title names the model (and the lens norm policy where a lens was used); axes over
+layers also show the relative depth j / L on top, so layer numbers compare across models of
+different depth (the paper's are of 32 layers); lines differ in dash and marker as well as
+colour, and colour maps are perceptually uniform, so figures read in grey too.
 """
 
 from __future__ import annotations
@@ -28,6 +31,21 @@ def save_figure(fig: plt.Figure, output_dir: str | Path, name: str) -> Path:
     return path
 
 
+def _title(text: str, model: str | None = None, lens: str | None = None) -> str:
+    """``text`` with a second line naming the model and the lens norm policy."""
+    parts = [part for part in (model, f"lens: {lens}" if lens else None) if part]
+    return text + ("\n" + " · ".join(parts) if parts else "")
+
+
+def _depth_axis(ax: plt.Axes, n_layers: int, shift: float = 0.0) -> None:
+    """A top x axis in relative depth j / L for an axis whose position x shows layer x - shift."""
+    top = ax.secondary_xaxis(
+        "top", functions=(lambda x: (x - shift) / n_layers, lambda d: d * n_layers + shift)
+    )
+    top.set_xlabel("relative depth j / L", fontsize=8)
+    top.tick_params(labelsize=7)
+
+
 def _labels(trace: Trace, n: int) -> list[str]:
     return [f"{i}:{t!r}" for i, t in enumerate(trace.tokens[:n])]
 
@@ -46,8 +64,9 @@ def token_probability_heatmap(
         ax.axvline(stages.critical_layer + 0.5, color="w", ls="--", lw=1.5)
         for m in stages.mutation_layers:
             ax.axvline(m + 0.5, color="r", ls=":", lw=1.5)
-    ax.set(xlabel="layer", ylabel="generated token",
-           title=f"Token probability by layer (lens: {trace.lens_norm})")  # fmt: skip
+    title = _title("Token probability by layer", trace.model_name, trace.lens_norm)
+    ax.set(xlabel="layer", ylabel="generated token", title=title)
+    _depth_axis(ax, trace.n_layers, shift=0.5)  # layer j's cell is centred at j + 0.5
     return fig
 
 
@@ -60,8 +79,9 @@ def js_heatmap(trace: Trace, max_tokens: int = 24) -> plt.Figure:
         pd.DataFrame(trace.js[:n].numpy(), index=_labels(trace, n), columns=cols),
         ax=ax, cmap="magma", vmin=0, vmax=np.log(2), cbar_kws={"label": "JSD (nats)"},
     )  # fmt: skip
-    ax.set(xlabel="adjacent layers", ylabel="generated token",
-           title=f"JS divergence of adjacent layers (lens: {trace.lens_norm})")  # fmt: skip
+    title = _title("JS divergence of adjacent layers", trace.model_name, trace.lens_norm)
+    ax.set(xlabel="adjacent layers", ylabel="generated token", title=title)
+    _depth_axis(ax, trace.n_layers, shift=-0.5)  # j→j+1 is centred at j + 0.5: (j+1) / L
     return fig
 
 
@@ -69,11 +89,12 @@ def js_curve(
     stages: Stages,
     curves: dict[str, Sequence[float]] | None = None,
     traces: Sequence[Trace] | None = None,
+    model: str | None = None,
 ) -> plt.Figure:
     """Mean adjacent-layer JS with the three stages shaded (and optional extra curves).
 
     With the ``traces`` the stages came from, the mean gets a 95% confidence band
-    (bootstrap over tokens).
+    (bootstrap over tokens), and the title names their model and lens (else ``model``).
     """
     fig, ax = plt.subplots(figsize=(7, 3.5))
     L, c = stages.n_layers, stages.critical_layer
@@ -92,14 +113,22 @@ def js_curve(
         means = np.stack([js[rng.integers(0, len(js), len(js))].mean(0) for _ in range(500)])
         low, high = np.percentile(means, [2.5, 97.5], axis=0)
         ax.fill_between(x, low, high, color="k", alpha=0.2, lw=0, label="95% CI")
-    for name, values in (curves or {}).items():
-        ax.plot(x, values, "-", marker=".", label=name)
+    styles = [("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1)), "v")]
+    for (name, values), (ls, mk) in zip((curves or {}).items(), styles * 4):
+        ax.plot(x, values, ls=ls, marker=mk, ms=3, label=name)
     ax.set_yscale("log")
+    lens = traces[0].lens_norm if traces else None
+    model = model or (traces[0].model_name if traces else None)
     ax.set(
         xlabel="layer j  (JS between j-1 and j)",
         ylabel="JSD (nats)",
-        title=f"critical layer {stages.critical_layer}, mutation {stages.mutation_layers}",
+        title=_title(
+            f"critical layer {stages.critical_layer}, mutation {stages.mutation_layers}",
+            model,
+            lens,
+        ),  # fmt: skip
     )
+    _depth_axis(ax, L)
     ax.legend(fontsize=7, loc="best")
     return fig
 
@@ -124,14 +153,16 @@ def candidate_trajectories(
         name = (labels or {}).get(tid, trace.vocab.get(tid, str(tid)))
         rows += [{"layer": j, "p": float(p), "token": repr(name)} for j, p in enumerate(probs)]
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    sns.lineplot(pd.DataFrame(rows), x="layer", y="p", hue="token", marker="o", ax=ax)
-    ax.set(title=f"token {step} {trace.tokens[step]!r}: candidates by layer ({trace.lens_norm})",
-           ylim=(0, 1.02))  # fmt: skip
+    sns.lineplot(pd.DataFrame(rows), x="layer", y="p", hue="token", style="token",
+                 markers=True, ax=ax)  # fmt: skip
+    ax.set(title=_title(f"token {step} {trace.tokens[step]!r}: candidates by layer",
+                        trace.model_name, trace.lens_norm), ylim=(0, 1.02))  # fmt: skip
+    _depth_axis(ax, trace.n_layers)
     return fig
 
 
 def projection_plot(coords: pd.DataFrame, labels: Sequence[str] | None = None,
-                    title: str = "") -> plt.Figure:  # fmt: skip
+                    title: str = "", model: str | None = None) -> plt.Figure:  # fmt: skip
     """Figs. 6-7: 2-D projection coloured by layer, each item's layers joined in order."""
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     for item, g in coords.groupby("item"):
@@ -142,11 +173,11 @@ def projection_plot(coords: pd.DataFrame, labels: Sequence[str] | None = None,
             ax.annotate(labels[item], (last.x, last.y), fontsize=7)
     points = ax.scatter(coords.x, coords.y, c=coords.layer, cmap="viridis", s=14, zorder=2)
     fig.colorbar(points, ax=ax, label="layer")
-    ax.set(title=title, xticks=[], yticks=[])
+    ax.set(title=_title(title, model), xticks=[], yticks=[])
     return fig
 
 
-def sweep_plot(points: Sequence) -> plt.Figure:
+def sweep_plot(points: Sequence, model: str | None = None) -> plt.Figure:
     """Compression sweep: quality and speed-up vs number of stable layers skipped."""
     df = pd.DataFrame([p.__dict__ for p in points])
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -157,17 +188,18 @@ def sweep_plot(points: Sequence) -> plt.Figure:
         per_image = [{"k": p.k, "variable": "existence_accuracy", "value": float(np.mean(v))}
                      for p in points for v in p.existence_correct.values()]  # fmt: skip
         long = pd.concat([long, pd.DataFrame(per_image)])
-    sns.lineplot(long, x="k", y="value", hue="variable", marker="o", ax=a,
+    sns.lineplot(long, x="k", y="value", hue="variable", style="variable", markers=True, ax=a,
                  errorbar=("ci", 95), seed=0)  # fmt: skip
     a.set(xlabel="stable layers skipped", ylabel="score", ylim=(0, 1.02), title="quality")
     b.plot(df.k, df.speedup, "o-", label="measured")
     b.plot(df.k, df.ideal_speedup, "k--", label="ideal L/(L-k)")
     b.set(xlabel="stable layers skipped", ylabel="speed-up", title="speed")
     b.legend()
+    fig.suptitle(_title("Compression: stable layers skipped", model), fontsize=10, y=1.04)
     return fig
 
 
-def decoding_bars(results: dict[str, dict]) -> plt.Figure:
+def decoding_bars(results: dict[str, dict], model: str | None = None) -> plt.Figure:
     """Hallucination metrics per decoding variant (CHAIR, Hal lower is better).
 
     A variant whose result holds ``per_image`` rows (``{"nouns", "hallucinated"}``) is drawn
@@ -191,12 +223,17 @@ def decoding_bars(results: dict[str, dict]) -> plt.Figure:
     sns.barplot(pd.DataFrame(rows), x="metric", y="value", hue="variant", ax=ax,
                 errorbar=("ci", 95), seed=0)  # fmt: skip
     ax.set(ylim=(0, 1), ylabel="mean over images (95% CI)",
-           title="hallucination metrics by decoding variant")  # fmt: skip
+           title=_title("hallucination metrics by decoding variant", model))  # fmt: skip
     return fig
 
 
 def layer_lines(
-    curves: dict[str, np.ndarray], ylabel: str, title: str, log: bool = False
+    curves: dict[str, np.ndarray],
+    ylabel: str,
+    title: str,
+    log: bool = False,
+    model: str | None = None,
+    lens: str | None = None,
 ) -> plt.Figure:
     """Per-layer curves of several runs, each with a 95% band over images.
 
@@ -205,6 +242,8 @@ def layer_lines(
         ylabel: what the values are.
         title: the figure's title.
         log: logarithmic y axis.
+        model: the model, named in the title.
+        lens: the lens norm policy, named in the title.
     """
     rows = [
         (name, layer, float(v))
@@ -214,9 +253,10 @@ def layer_lines(
     ]
     df = pd.DataFrame(rows, columns=["run", "layer", ylabel])
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    sns.lineplot(df, x="layer", y=ylabel, hue="run", marker="o", errorbar=("ci", 95),
-                 n_boot=500, seed=0, ax=ax)  # fmt: skip
+    sns.lineplot(df, x="layer", y=ylabel, hue="run", style="run", markers=True,
+                 errorbar=("ci", 95), n_boot=500, seed=0, ax=ax)  # fmt: skip
     if log:
         ax.set_yscale("log")
-    ax.set(xlabel="lens layer j", title=title)
+    ax.set(xlabel="lens layer j", title=_title(title, model, lens))
+    _depth_axis(ax, int(df.layer.max()))
     return fig

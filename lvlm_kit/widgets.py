@@ -54,8 +54,8 @@ def trajectory_figure(trace: Trace, step: int) -> plt.Figure:
     """Probability of generated token ``step`` across layers 0..L."""
     fig, ax = plt.subplots(figsize=(6, 2.5))
     ax.plot(trace.token_prob[step].numpy(), "o-")
-    ax.set(xlabel="layer", ylabel="p(emitted)", ylim=(0, 1.02),
-           title=f"{trace.tokens[step]!r} ({trace.lens_norm})")  # fmt: skip
+    title = f"{trace.tokens[step]!r} · {trace.model_name} · lens: {trace.lens_norm}"
+    ax.set(xlabel="layer", ylabel="p(emitted)", ylim=(0, 1.02), title=title)
     return fig
 
 

@@ -151,7 +151,7 @@ table = {
     }
     for name in texts
 }
-notebook.show(plots.decoding_bars(table), OUTPUT_DIR, "fig5_skip_presets")
+notebook.show(plots.decoding_bars(table, model=lm.name), OUTPUT_DIR, "fig5_skip_presets")
 pd.DataFrame(table).T
 
 # %% [markdown]

@@ -111,7 +111,9 @@ print(tr.generated_text, tuple(features.shape))
 coords = {m: project(features, m, seed=SEED) for m in ("tsne", "umap")}
 for m, xy in coords.items():
     notebook.show(
-        plots.projection_plot(xy, tr.tokens, f"{m}: {tr.n_tokens} tokens x {tr.n_layers} layers"),
+        plots.projection_plot(
+            xy, tr.tokens, f"{m}: {tr.n_tokens} tokens x {tr.n_layers} layers", model=lm.name
+        ),
         OUTPUT_DIR,
         f"fig6_{m}",
     )

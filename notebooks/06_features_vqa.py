@@ -126,12 +126,14 @@ print(f"{len(vqa)} questions, answer accuracy {accuracy:.2f}")
 features = answer_features(traces, step=0)  # [images, layers 1..L, d]
 coords = project(features, "tsne", perplexity=35, seed=SEED)
 notebook.show(
-    plots.projection_plot(coords, answers, "answer token: images x layers (t-SNE)"),
+    plots.projection_plot(coords, answers, "answer token: images x layers (t-SNE)", model=lm.name),
     OUTPUT_DIR,
     "fig7_tsne",
 )
 notebook.show(
-    plots.projection_plot(project(features, "umap", seed=SEED), answers, "UMAP"),
+    plots.projection_plot(
+        project(features, "umap", seed=SEED), answers, "answer token (UMAP)", model=lm.name
+    ),
     OUTPUT_DIR,
     "fig7_umap",
 )

@@ -126,7 +126,7 @@ ks = [k for k in SKIP_KS if k <= n_stable]
 if ks != SKIP_KS:
     print(f"The stages leave {n_stable} stable layers to skip: SKIP_KS {SKIP_KS} -> {ks}.")
 points = compression_sweep(lm, amber, st, ks, questions, MAX_NEW_TOKENS)
-notebook.show(plots.sweep_plot(points), OUTPUT_DIR, "compression_sweep")
+notebook.show(plots.sweep_plot(points, model=lm.name), OUTPUT_DIR, "compression_sweep")
 sweep = [{k: v for k, v in p.__dict__.items() if k != "existence_correct"} for p in points]
 pd.DataFrame(sweep)
 
@@ -147,7 +147,7 @@ pd.DataFrame(sweep)
 
 # %%
 decoding = compare_decoding(lm, amber, st, MAX_NEW_TOKENS)
-notebook.show(plots.decoding_bars(decoding), OUTPUT_DIR, "decoding_variants")
+notebook.show(plots.decoding_bars(decoding, model=lm.name), OUTPUT_DIR, "decoding_variants")
 pd.DataFrame(
     {
         k: {m: v for m, v in r.items() if m not in ("responses", "per_image")}

@@ -162,7 +162,8 @@ summary.round(4)
 # %%
 notebook.show(
     plots.layer_lines({q: c.lens_kl for q, c in comparisons.items()}, "KL (nats)",
-                      "lens KL(full ‖ quantized) per layer", log=True),
+                      "lens KL(full ‖ quantized) per layer", log=True, model=lm.name,
+                      lens=LENS_NORM),
     OUTPUT_DIR,
     "quantization_lens_kl",
 )  # fmt: skip

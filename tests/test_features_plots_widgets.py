@@ -107,3 +107,48 @@ def test_explorer_follows_the_slider(tr):
     assert ex.slider.max == 7
     drawn = ex.figure.axes[0].lines[0].get_ydata()
     np.testing.assert_allclose(drawn, tr.token_prob[5].numpy())
+
+
+def test_every_figure_names_its_model_and_shows_relative_depth(tr):
+    from types import SimpleNamespace
+
+    from lvlm_kit.widgets import trajectory_figure
+
+    st = detect_stages(tr)
+    name = tr.model_name
+    point = SimpleNamespace(k=0, object_precision=1.0, object_recall=1.0, chair=0.0, hal=0.0,
+                            existence_accuracy=None, existence_correct=None, speedup=1.0,
+                            ideal_speedup=1.0, tokens_per_second=1.0, skipped=[])  # fmt: skip
+    lensed = {
+        "probs": plots.token_probability_heatmap(tr, stages=st),
+        "js": plots.js_heatmap(tr),
+        "curve": plots.js_curve(st, traces=[tr]),
+        "cands": plots.candidate_trajectories(tr, 1),
+        "lines": plots.layer_lines(
+            {"a": np.ones((2, tr.n_layers + 1))}, "v", "t", model=name, lens=tr.lens_norm
+        ),  # fmt: skip
+        "widget": trajectory_figure(tr, 0),
+    }
+    for key, fig in lensed.items():
+        title = fig.axes[0].get_title()
+        assert name in title and tr.lens_norm in title, key
+    others = {
+        "proj": plots.projection_plot(
+            project(token_features(tr), max_iter=250), tr.tokens, "p", model=name
+        )
+        .axes[0]
+        .get_title(),  # fmt: skip
+        "bars": plots.decoding_bars({"plain": {"chair": 0.1, "hal": 0.2}}, model=name)
+        .axes[0]
+        .get_title(),
+        "sweep": plots.sweep_plot([point], model=name)._suptitle.get_text(),
+    }
+    for key, title in others.items():
+        assert name in title, key
+    # A top axis in relative depth: layer L sits at 1.0 (heatmaps: the centre of its cell).
+    for key, at_last in (("probs", tr.n_layers + 0.5), ("curve", tr.n_layers),
+                         ("cands", tr.n_layers), ("lines", tr.n_layers)):  # fmt: skip
+        top = [c for c in lensed[key].axes[0].child_axes
+               if c.get_xlabel() == "relative depth j / L"]  # fmt: skip
+        assert len(top) == 1, key
+        assert top[0]._functions[0](at_last) == pytest.approx(1.0), key
