@@ -22,10 +22,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m ruff check lvlm_kit tests benchmarks notebooks
-	$(PY) -m pytest -q -n 2 --dist loadgroup --timeout=600 --durations=15 tests
+	$(PY) -m pytest -q -n 2 --timeout=600 --durations=10 tests -m "not kernels"
+	$(PY) -m pytest -q --timeout=600 --durations=5 tests -m kernels
 
 unit: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup --timeout=600 tests -m "not slow"
+	$(PY) -m pytest -q -n 2 --timeout=600 tests -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check lvlm_kit tests benchmarks notebooks

@@ -85,9 +85,18 @@ def js_heatmap(trace: Trace, max_tokens: int = 24) -> plt.Figure:
     return fig
 
 
+def _js_mean_band(traces: Sequence[Trace]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean adjacent-layer JS over all tokens of ``traces`` and its 95% bootstrap band."""
+    js = np.concatenate([t.js.double().numpy() for t in traces])  # [tokens, L]
+    rng = np.random.default_rng(0)
+    means = np.stack([js[rng.integers(0, len(js), len(js))].mean(0) for _ in range(500)])
+    low, high = np.percentile(means, [2.5, 97.5], axis=0)
+    return js.mean(0), low, high
+
+
 def js_curve(
     stages: Stages,
-    curves: dict[str, Sequence[float]] | None = None,
+    curves: dict[str, Sequence[float] | Sequence[Trace]] | None = None,
     traces: Sequence[Trace] | None = None,
     model: str | None = None,
 ) -> plt.Figure:
@@ -95,27 +104,33 @@ def js_curve(
 
     With the ``traces`` the stages came from, the mean gets a 95% confidence band
     (bootstrap over tokens), and the title names their model and lens (else ``model``).
+    An extra curve given as traces gets its band too; given as values, it is drawn as is.
+    Stages are told apart by hatching as well as colour.
     """
     fig, ax = plt.subplots(figsize=(7, 3.5))
     L, c = stages.n_layers, stages.critical_layer
     m = stages.stabilisation_end
     # A point at x = j is the transition into layer j: transitions into 1..c are the rapid
     # evolution, the transition into the first mutation layer m is its spike.
-    for (a, b), name in (((0.5, c + 0.5), "rapid evolution"), ((c + 0.5, m - 0.5), "stabilisation"),
-                         ((m - 0.5, L + 0.5), "mutation")):  # fmt: skip
+    for (a, b), name, hatch in (((0.5, c + 0.5), "rapid evolution", "//"),
+                                ((c + 0.5, m - 0.5), "stabilisation", ""),
+                                ((m - 0.5, L + 0.5), "mutation", "xx")):  # fmt: skip
         if b > a:
-            ax.axvspan(a, b, color=STAGE_COLOURS[name], alpha=0.35, label=name)
+            ax.axvspan(a, b, facecolor=STAGE_COLOURS[name], alpha=0.35, hatch=hatch,
+                       edgecolor="0.5", lw=0, label=name)  # fmt: skip
     x = np.arange(1, L + 1)  # JS(p_{j-1}, p_j) is drawn at layer j
     ax.plot(x, stages.js_curve, "k-o", ms=3, label="mean JS (all tokens)")
     if traces:
-        js = np.concatenate([t.js.double().numpy() for t in traces])  # [tokens, L]
-        rng = np.random.default_rng(0)
-        means = np.stack([js[rng.integers(0, len(js), len(js))].mean(0) for _ in range(500)])
-        low, high = np.percentile(means, [2.5, 97.5], axis=0)
+        _, low, high = _js_mean_band(traces)
         ax.fill_between(x, low, high, color="k", alpha=0.2, lw=0, label="95% CI")
     styles = [("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1)), "v")]
     for (name, values), (ls, mk) in zip((curves or {}).items(), styles * 4):
-        ax.plot(x, values, ls=ls, marker=mk, ms=3, label=name)
+        if len(values) and isinstance(values[0], Trace):
+            values, low, high = _js_mean_band(values)
+            line = ax.plot(x, values, ls=ls, marker=mk, ms=3, label=name)[0]
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15, lw=0)
+        else:
+            ax.plot(x, values, ls=ls, marker=mk, ms=3, label=name)
     ax.set_yscale("log")
     lens = traces[0].lens_norm if traces else None
     model = model or (traces[0].model_name if traces else None)

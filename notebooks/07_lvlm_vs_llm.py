@@ -130,7 +130,7 @@ pd.DataFrame({"LVLM": st_lvlm.summary(), "LLM": st_llm.summary()})
 
 # %%
 notebook.show(
-    plots.js_curve(st_lvlm, {"LLM alone": st_llm.js_curve}, traces=lvlm_traces),
+    plots.js_curve(st_lvlm, {"LLM alone": llm_traces}, traces=lvlm_traces),
     OUTPUT_DIR,
     "js_lvlm_vs_llm",
 )

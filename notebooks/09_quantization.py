@@ -179,7 +179,7 @@ notebook.show(
 
 # %%
 notebook.show(
-    plots.js_curve(reference.stages, {q: c.other.stages.js_curve for q, c in comparisons.items()},
+    plots.js_curve(reference.stages, {q: c.other.traces for q, c in comparisons.items()},
                    traces=reference.traces),
     OUTPUT_DIR,
     "quantization_js_curves",

@@ -20,7 +20,7 @@ from lvlm_kit import trace
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.xdist_group("kernels"),  # tests that start Jupyter kernels run one at a time
+    pytest.mark.kernels,
     pytest.mark.skipif(
         not Path(CHROMIUM).exists(), reason="no chromium (apt-get install chromium)"
     ),

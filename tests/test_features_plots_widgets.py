@@ -152,3 +152,13 @@ def test_every_figure_names_its_model_and_shows_relative_depth(tr):
                if c.get_xlabel() == "relative depth j / L"]  # fmt: skip
         assert len(top) == 1, key
         assert top[0]._functions[0](at_last) == pytest.approx(1.0), key
+
+
+def test_extra_js_curves_given_as_traces_get_bands_and_stages_hatches(tr):
+    from matplotlib.collections import PolyCollection
+
+    st = detect_stages(tr)
+    ax = plots.js_curve(st, {"other": [tr], "values": st.js_curve}, traces=[tr]).axes[0]
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2  # the main curve's and the traced extra curve's, not the values'
+    assert [p.get_hatch() for p in ax.patches][:1] == ["//"]  # rapid evolution, hatched

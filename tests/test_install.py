@@ -30,7 +30,7 @@ def test_every_notebook_has_the_same_setup_cell():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("kernels")  # tests that start Jupyter kernels run one at a time
+@pytest.mark.kernels
 def test_notebook_00_installs_the_kit_and_runs_outside_the_checkout(tmp_path):
     # The wheel, built from the checkout.
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",

@@ -48,7 +48,7 @@ def approx(value):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("kernels")  # tests that start Jupyter kernels run one at a time
+@pytest.mark.kernels
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_notebook_reproduces_its_pinned_numbers(name, tmp_path):
     out = tmp_path / name

@@ -311,7 +311,7 @@ def test_notebook_dtype_auto_is_float32_on_the_cpu(saved_llama, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("kernels")
+@pytest.mark.kernels
 def test_a_notebook_with_no_images_stops_at_its_parameters(tmp_path):
     import papermill as pm
 
@@ -326,7 +326,7 @@ def test_a_notebook_with_no_images_stops_at_its_parameters(tmp_path):
     assert not out.exists()  # stopped before anything was written
 
 
-@pytest.mark.xdist_group("kernels")
+@pytest.mark.kernels
 @pytest.mark.slow
 def test_reproduce_goes_on_after_a_failing_notebook_and_says_so(tmp_path, capsys):
     out = tmp_path / "out"
