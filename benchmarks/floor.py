@@ -60,13 +60,6 @@ def floor(lm, residuals: torch.Tensor) -> None:
         lens.log_probs(residuals[start : start + chunk])
 
 
-def with_recorder(lm, T: int) -> None:
-    inputs, _ = prepare_inputs(lm, picture(lm), PROMPT)
-    with ResidualRecorder(lm.anatomy) as rec, torch.inference_mode():
-        lm.model.generate(**inputs, generation_config=greedy_config(lm.model, T))
-    rec.stacked()
-
-
 def split(lm, T: int, t_plain: float, t_recorder: float) -> dict:
     """Seconds per part of one trace() from the profiler, hooks from the timing difference."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -130,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     T = Ts[1]
     t_plain, t_recorder = best_of(
         lambda: plain_generate(lm, T, hidden_states=False),
-        lambda: with_recorder(lm, T),
+        lambda: recorded(lm, T),
         repeat=repeats[1],
     )
     results["split"] = s = split(lm, T, t_plain, t_recorder)
