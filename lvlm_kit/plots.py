@@ -215,25 +215,30 @@ def sweep_plot(points: Sequence, model: str | None = None) -> plt.Figure:
 
 
 def decoding_bars(results: dict[str, dict], model: str | None = None) -> plt.Figure:
-    """Hallucination metrics per decoding variant (CHAIR, Hal lower is better).
+    """Hallucination metrics per decoding variant (CHAIR, Hal: lower is better).
 
-    A variant whose result holds ``per_image`` rows (``{"nouns", "hallucinated"}``) is drawn
-    as the mean over images of each image's CHAIR and Hal with a 95% confidence interval;
-    otherwise the pooled values are drawn without one.
+    Each variant is drawn as the mean over images of each image's CHAIR and Hal with a 95%
+    confidence interval, so every result must hold ``per_image`` rows
+    (``{"nouns", "hallucinated"}``), as :func:`~lvlm_kit.applications.compare_decoding`
+    returns them.
+
+    Raises:
+        ValueError: a variant without ``per_image`` rows (a pooled value has no interval).
     """
+    missing = [v for v, r in results.items() if "per_image" not in r]
+    if missing:
+        raise ValueError(
+            f"decoding_bars needs per-image counts for its confidence intervals; {missing} "
+            "have none. Pass each variant's 'per_image' list of {'nouns', 'hallucinated'} "
+            "(compare_decoding returns it)."
+        )
     rows = []
     for v, r in results.items():
-        if "per_image" in r:
-            for img in r["per_image"]:
-                if img["nouns"]:
-                    rows.append({"variant": v, "metric": "chair",
-                                 "value": img["hallucinated"] / img["nouns"]})  # fmt: skip
-                rows.append(
-                    {"variant": v, "metric": "hal", "value": float(img["hallucinated"] > 0)}
-                )
-        else:
-            rows += [{"variant": v, "metric": m, "value": r[m]}
-                     for m in ("chair", "hal", "cover") if m in r]  # fmt: skip
+        for img in r["per_image"]:
+            if img["nouns"]:
+                rows.append({"variant": v, "metric": "chair",
+                             "value": img["hallucinated"] / img["nouns"]})  # fmt: skip
+            rows.append({"variant": v, "metric": "hal", "value": float(img["hallucinated"] > 0)})
     fig, ax = plt.subplots(figsize=(7, 3.5))
     sns.barplot(pd.DataFrame(rows), x="metric", y="value", hue="variant", ax=ax,
                 errorbar=("ci", 95), seed=0)  # fmt: skip
@@ -256,7 +261,8 @@ def layer_lines(
         curves: run name -> ``[images, layers]`` values (e.g. the per-layer lens KL).
         ylabel: what the values are.
         title: the figure's title.
-        log: logarithmic y axis.
+        log: logarithmic y axis; it is linear below the smallest positive value, so an
+            exact 0 (a layer both runs share, such as the embeddings) is drawn at 0.
         model: the model, named in the title.
         lens: the lens norm policy, named in the title.
     """
@@ -271,7 +277,8 @@ def layer_lines(
     sns.lineplot(df, x="layer", y=ylabel, hue="run", style="run", markers=True,
                  errorbar=("ci", 95), n_boot=500, seed=0, ax=ax)  # fmt: skip
     if log:
-        ax.set_yscale("log")
+        positive = df[ylabel][df[ylabel] > 0]
+        ax.set_yscale("symlog", linthresh=float(positive.min()) if len(positive) else 1.0)
     ax.set(xlabel="lens layer j", title=_title(title, model, lens))
     _depth_axis(ax, int(df.layer.max()))
     return fig

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
+from .plots import _depth_axis, _title
 from .trace import Trace
 
 
@@ -51,11 +52,12 @@ def token_summary(trace: Trace, step: int) -> str:
 
 
 def trajectory_figure(trace: Trace, step: int) -> plt.Figure:
-    """Probability of generated token ``step`` across layers 0..L."""
-    fig, ax = plt.subplots(figsize=(6, 2.5))
+    """Probability of generated token ``step`` across layers 0..L (relative depth on top)."""
+    fig, ax = plt.subplots(figsize=(6, 3))
     ax.plot(trace.token_prob[step].numpy(), "o-")
-    title = f"{trace.tokens[step]!r} · {trace.model_name} · lens: {trace.lens_norm}"
-    ax.set(xlabel="layer", ylabel="p(emitted)", ylim=(0, 1.02), title=title)
+    title = _title(f"p({trace.tokens[step]!r}) by layer", trace.model_name, trace.lens_norm)
+    ax.set(xlabel="lens layer j", ylabel="p(emitted)", ylim=(0, 1.02), title=title)
+    _depth_axis(ax, trace.n_layers)
     return fig
 
 

@@ -84,6 +84,17 @@ def test_means_are_drawn_with_confidence_intervals(tr):
     bars = {round(p.get_height(), 4) for p in ax.patches if p.get_height() > 0}
     assert bars == {0.1875, 0.5}  # mean per-image CHAIR (0, .25, .5, 0) and Hal (0, 1, 1, 0)
     assert len(ax.lines) == 2  # one error bar per bar
+    with pytest.raises(ValueError, match="per-image counts.*'pooled'"):
+        plots.decoding_bars({"plain": {"per_image": per_image}, "pooled": {"chair": 0.1}})
+
+
+def test_log_layer_lines_draw_an_exact_zero(tr):
+    curves = {"a": np.array([[0.0, 1e-3, 1e-1], [0.0, 2e-3, 3e-1]])}
+    ax = plots.layer_lines(curves, "KL", "t", log=True).axes[0]
+    assert ax.get_yscale() == "symlog"
+    drawn = ax.lines[0].get_ydata()
+    np.testing.assert_allclose(drawn, [0.0, 1.5e-3, 0.2])  # layer 0 drawn at 0, not dropped
+    assert ax.yaxis.get_transform().linthresh == pytest.approx(1e-3)
 
 
 def test_topk_table_and_summary(tr):
@@ -138,7 +149,8 @@ def test_every_figure_names_its_model_and_shows_relative_depth(tr):
         )
         .axes[0]
         .get_title(),  # fmt: skip
-        "bars": plots.decoding_bars({"plain": {"chair": 0.1, "hal": 0.2}}, model=name)
+        "bars": plots.decoding_bars({"plain": {"per_image": [{"nouns": 2, "hallucinated": 1}]}},
+                                    model=name)
         .axes[0]
         .get_title(),
         "sweep": plots.sweep_plot([point], model=name)._suptitle.get_text(),
@@ -147,7 +159,8 @@ def test_every_figure_names_its_model_and_shows_relative_depth(tr):
         assert name in title, key
     # A top axis in relative depth: layer L sits at 1.0 (heatmaps: the centre of its cell).
     for key, at_last in (("probs", tr.n_layers + 0.5), ("curve", tr.n_layers),
-                         ("cands", tr.n_layers), ("lines", tr.n_layers)):  # fmt: skip
+                         ("cands", tr.n_layers), ("lines", tr.n_layers),
+                         ("widget", tr.n_layers)):  # fmt: skip
         top = [c for c in lensed[key].axes[0].child_axes
                if c.get_xlabel() == "relative depth j / L"]  # fmt: skip
         assert len(top) == 1, key
