@@ -149,8 +149,9 @@ def test_every_figure_names_its_model_and_shows_relative_depth(tr):
         )
         .axes[0]
         .get_title(),  # fmt: skip
-        "bars": plots.decoding_bars({"plain": {"per_image": [{"nouns": 2, "hallucinated": 1}]}},
-                                    model=name)
+        "bars": plots.decoding_bars(
+            {"plain": {"per_image": [{"nouns": 2, "hallucinated": 1}]}}, model=name
+        )
         .axes[0]
         .get_title(),
         "sweep": plots.sweep_plot([point], model=name)._suptitle.get_text(),
