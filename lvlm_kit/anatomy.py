@@ -1,7 +1,9 @@
 """The one place that knows model architectures.
 
-An :class:`Anatomy` names the parts the analyses need: the decoder layers (in order), the
-final norm, the language head, the token embeddings and the image-token id. Every other
+:data:`FAMILIES` lists every supported ``model_type`` with what sets it apart (how its head
+transforms the logits, whether it takes chat prompts). An :class:`Anatomy` names the parts
+the analyses need: the decoder layers (in order), the final norm, the language head and
+what the model does after it, the token embeddings and the image-token id. Every other
 module goes through it, so supporting a new architecture means editing only this file.
 """
 
@@ -12,22 +14,79 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-#: model_type -> kind. "vision": an LVLM whose language model is a Llama-style decoder;
-#: "text": a plain causal LM (Llama/Vicuna and decoders with the same layout).
-SUPPORTED: dict[str, str] = {
-    "llava": "vision",
-    "llava_next": "vision",
-    "llama": "text",
-    "mistral": "text",
-    "qwen2": "text",
+
+@dataclass(frozen=True)
+class Family:
+    """What the kit knows of one ``model_type``.
+
+    Attributes:
+        kind: ``"vision"`` (an image-text-to-text LVLM whose image features enter the
+            decoder as tokens) or ``"text"`` (a causal language model).
+        softcap: where the model's own head soft-caps its logits
+            (``tanh(z / c) * c``): ``"config"`` or ``"text_config"`` (the attribute
+            ``final_logit_softcapping`` there), or None when the model's forward never does.
+        scale: True when the model multiplies its logits by ``config.logit_scale`` (Cohere).
+        chat: whether prompts go through a chat template (PaliGemma takes plain text; its
+            processor puts the image tokens in front).
+        packages: packages its processor needs beyond the kit's own.
+    """
+
+    kind: str
+    softcap: str | None = None
+    scale: bool = False
+    chat: bool = True
+    packages: tuple[str, ...] = ()
+
+
+#: model_type -> what the kit does with it. The head transforms follow each model's own
+#: forward in transformers 5 (Gemma 3's and Aya Vision's image-text models apply neither
+#: the soft-cap nor the logit scale their text configs carry); the tests compare every
+#: family's last-layer lens with the model's own logits.
+FAMILIES: dict[str, Family] = {
+    "llava": Family("vision"),
+    "llava_next": Family("vision"),
+    "llava_onevision": Family("vision"),
+    "qwen2_vl": Family("vision"),
+    "qwen2_5_vl": Family("vision"),
+    "qwen3_vl": Family("vision"),
+    "idefics3": Family("vision"),
+    "smolvlm": Family("vision", packages=("num2words",)),
+    "gemma3": Family("vision"),
+    "paligemma": Family("vision", softcap="text_config", chat=False),
+    "internvl": Family("vision"),
+    "aya_vision": Family("vision"),
+    "llama": Family("text"),
+    "mistral": Family("text"),
+    "qwen2": Family("text"),
+    "qwen3": Family("text"),
+    "gemma": Family("text"),
+    "gemma2": Family("text", softcap="config"),
+    "gemma3_text": Family("text", softcap="config"),
+    "cohere": Family("text", scale=True),
+    "cohere2": Family("text", scale=True),
+}
+#: model_type -> kind ("vision" or "text") of every supported architecture.
+SUPPORTED: dict[str, str] = {name: family.kind for name, family in FAMILIES.items()}
+#: Architectures the kit cannot trace, and why.
+UNSUPPORTED: dict[str, str] = {
+    "mllama": (
+        "Mllama (Llama 3.2 Vision) feeds the image through cross-attention layers, not as "
+        "tokens in the decoder's residual stream, so there are no image-token states to "
+        "decode and skipping a layer would also remove image access"
+    ),
+    "idefics": (
+        "IDEFICS (v1) feeds the image through gated cross-attention layers, not as tokens "
+        "in the residual stream"
+    ),
 }
 
 # Attribute paths, from the top-level model, to the decoder backbone (the module holding
 # `layers`, `norm` and `embed_tokens`). The first that exists wins; the list covers the
-# transformers >= 4.52 layout (`model.language_model`) and the older one
-# (`language_model.model`) of LLaVA, and `model` for causal LMs.
+# transformers >= 4.52 layout (`model.language_model`), Idefics3's (`model.text_model`), the
+# older one (`language_model.model`) of LLaVA, and `model` for causal LMs.
 _BACKBONE_PATHS: tuple[tuple[str, ...], ...] = (
     ("model", "language_model"),
+    ("model", "text_model"),  # Idefics3, SmolVLM
     ("language_model", "model"),
     ("model",),
 )
@@ -40,6 +99,11 @@ def supported_text() -> str:
 
 def check_supported(model_type: str) -> str:
     """Return the kind ("vision"/"text") of a ``model_type`` or raise NotImplementedError."""
+    if model_type in UNSUPPORTED:
+        raise NotImplementedError(
+            f"model_type={model_type!r} cannot be analysed by lvlm_kit: {UNSUPPORTED[model_type]}. "
+            f"Supported: {supported_text()}."
+        )
     if model_type not in SUPPORTED:
         raise NotImplementedError(
             f"Architecture model_type={model_type!r} is not supported by lvlm_kit. "
@@ -60,6 +124,10 @@ class Anatomy:
     embed_tokens: nn.Module  # token embedding table
     image_token_id: int | None  # id of the (expanded) image placeholder token, if any
     max_positions: int | None = None  # the decoder's context length, if the config states it
+    softcap: float | None = None  # the head's logit soft-cap c: tanh(z / c) * c
+    logit_scale: float | None = None  # a factor on the head's logits (Cohere)
+    chat: bool = True  # prompts go through a chat template
+    layer_types: tuple[str, ...] | None = None  # per decoder layer, e.g. "sliding_attention"
 
     @property
     def n_layers(self) -> int:
@@ -134,6 +202,13 @@ def resolve_anatomy(model: nn.Module) -> Anatomy:
             image_token_id = getattr(config, "image_token_index", None)
     text_config = getattr(config, "text_config", None) or config
     max_positions = getattr(text_config, "max_position_embeddings", None)
+    family = FAMILIES[model_type]
+    softcap = None
+    if family.softcap is not None:
+        holder = text_config if family.softcap == "text_config" else config
+        softcap = getattr(holder, "final_logit_softcapping", None)
+    scale = getattr(model, "logit_scale", None) if family.scale else None
+    layer_types = getattr(text_config, "layer_types", None)
     return Anatomy(
         model_type=model_type,
         kind=kind,
@@ -143,4 +218,8 @@ def resolve_anatomy(model: nn.Module) -> Anatomy:
         embed_tokens=backbone.embed_tokens,
         image_token_id=None if image_token_id is None else int(image_token_id),
         max_positions=None if max_positions is None else int(max_positions),
+        softcap=None if softcap is None else float(softcap),
+        logit_scale=None if scale is None else float(scale),
+        chat=family.chat,
+        layer_types=None if layer_types is None else tuple(layer_types),
     )

@@ -111,6 +111,8 @@ def chat_prompt(loaded: LoadedModel, prompt: str, with_image: bool) -> str:
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("prompt must be a non-empty string, e.g. 'Describe this image.'")
     templater = loaded.processor
+    if not loaded.anatomy.chat:  # e.g. PaliGemma: its processor puts the image tokens first
+        return prompt
     if getattr(templater, "chat_template", None) is None:
         if not loaded.is_vision:  # e.g. lmsys/vicuna-7b-v1.5 ships no template
             warnings.warn(
@@ -129,7 +131,12 @@ def chat_prompt(loaded: LoadedModel, prompt: str, with_image: bool) -> str:
         conversation = [{"role": "user", "content": content}]
     else:
         conversation = [{"role": "user", "content": prompt}]
-    return templater.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    # The tokenizer renders the processor's template: some processors' own
+    # apply_chat_template reads their video processor, absent without torchvision.
+    return loaded.tokenizer.apply_chat_template(
+        conversation, chat_template=templater.chat_template, add_generation_prompt=True,
+        tokenize=False,
+    )  # fmt: skip
 
 
 def prepare_inputs(
@@ -161,7 +168,7 @@ def prepare_inputs(
     device = loaded.input_device
     out = {}
     for key, value in batch.items():
-        if not isinstance(value, torch.Tensor):
+        if not isinstance(value, torch.Tensor) or key == "labels":  # PaliGemma's training labels
             continue
         value = value.to(device)
         if value.is_floating_point():

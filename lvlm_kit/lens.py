@@ -39,6 +39,10 @@ def check_norm_policy(norm: str) -> str:
 class Lens:
     """Float32 early-exit decoder for one model: the final norm and the language head.
 
+    It does what the model's own head does after the product: add the bias, multiply by the
+    logit scale (Cohere) and soft-cap (PaliGemma, Gemma 2 / 3 text), as the model's
+    :class:`~lvlm_kit.anatomy.Anatomy` states.
+
     Build it once per model and norm policy (:meth:`LoadedModel.lens
     <lvlm_kit.loading.LoadedModel.lens>` caches it): it holds a float32 copy of the head
     (``[V, d]``; the head itself when that is already float32 on the same device).
@@ -68,6 +72,7 @@ class Lens:
         self.norm: nn.Module = copy.deepcopy(anatomy.final_norm).to(self.device, torch.float32)
         self.norm.requires_grad_(False)
         self.n_layers = anatomy.n_layers
+        self.softcap, self.logit_scale = anatomy.softcap, anatomy.logit_scale
 
     @property
     def vocab_size(self) -> int:
@@ -108,7 +113,13 @@ class Lens:
             if self._normed(layer):
                 h = self.norm(h)
         out = h @ self.weight.T
-        return out if self.bias is None else out + self.bias
+        if self.bias is not None:
+            out = out + self.bias
+        if self.logit_scale is not None:
+            out = out * self.logit_scale
+        if self.softcap is not None:
+            out = torch.tanh(out / self.softcap) * self.softcap
+        return out
 
     def log_probs(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """``log_softmax`` of :meth:`logits`, same shapes, float32."""

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .anatomy import Anatomy, check_supported, resolve_anatomy
+from .anatomy import FAMILIES, Anatomy, check_supported, resolve_anatomy
 from .lens import Lens, NormPolicy
 
 #: dtype names accepted by :func:`load_model`, mapped in this one place.
@@ -25,10 +25,6 @@ DTYPES: dict[str, Any] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
-}
-_VISION_CLASSES = {
-    "llava": "LlavaForConditionalGeneration",
-    "llava_next": "LlavaNextForConditionalGeneration",
 }
 _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only")
 QUANTIZATIONS: tuple[str | None, ...] = (None, "4bit", "nf4", "fp4", "8bit")
@@ -315,6 +311,91 @@ def check_device_map(device_map: str | dict | None) -> None:
         )
 
 
+def check_packages(model_type: str) -> None:
+    """Raise one clear error, before loading, when a family's processor needs a missing package."""
+    import importlib.util
+
+    missing = [p for p in FAMILIES[model_type].packages if importlib.util.find_spec(p) is None]
+    if missing:
+        raise RuntimeError(
+            f"model_type={model_type!r} needs the package(s) {missing} for its processor. "
+            f"Install them (`pip install {' '.join(missing)}`) and load again."
+        )
+
+
+def torchvision_available() -> bool:
+    """Whether torchvision imports beside this torch (transformers' video processors need it)."""
+    from transformers.utils import is_torchvision_available
+
+    return bool(is_torchvision_available())
+
+
+def _without_video(cls: type) -> type:
+    """``cls``, a processor class, with its video processor dropped (images and text only).
+
+    The image-text processors of Qwen2/2.5/3-VL, LLaVA-OneVision, SmolVLM and InternVL
+    also hold a video processor, which transformers builds only with torchvision. Images
+    never pass through it, so without torchvision the kit builds the processor without it:
+    the image processor (its PIL backend), the tokenizer and the chat template are the
+    same, and so are the image tokens it inserts.
+    """
+    attrs = [a for a in cls.get_attributes() if a != "video_processor"]
+    if len(attrs) == len(cls.get_attributes()):
+        return cls
+    return type(cls.__name__, (cls,), {
+        "get_attributes": classmethod(lambda _: list(attrs)), "__module__": cls.__module__,
+        "__doc__": f"{cls.__name__} for images and text (no video processor: no torchvision).",
+    })  # fmt: skip
+
+
+def build_processor(class_name: str, **parts: Any) -> Any:
+    """Build a transformers processor class from its parts, without torchvision if need be.
+
+    Args:
+        class_name: the processor class, e.g. ``"Qwen2VLProcessor"``.
+        **parts: its ``image_processor``, ``tokenizer``, ``chat_template``... (a
+            ``video_processor`` is used when given and torchvision imports).
+
+    Returns:
+        The processor.
+    """
+    import transformers
+
+    cls = getattr(transformers, class_name)
+    if parts.get("video_processor") is None and not torchvision_available():
+        images_only = _without_video(cls)
+        if images_only is not cls:
+            cls = images_only
+            parts["video_processor"] = None  # some classes require the argument; it is unused
+    return cls(**parts)
+
+
+def load_processor(source: str, kind: str, **hub: Any) -> Any:
+    """The processor (an LVLM's) or tokenizer (a text model's) saved with a model.
+
+    Without torchvision, an image-text processor that would also load a video processor is
+    loaded without it (see :func:`build_processor`).
+    """
+    from transformers import AutoProcessor, AutoTokenizer
+
+    if kind != "vision":
+        return AutoTokenizer.from_pretrained(source, **hub)
+    if torchvision_available():
+        return AutoProcessor.from_pretrained(source, **hub)
+    import transformers
+    from transformers.models.auto.processing_auto import processor_class_from_name
+
+    config = transformers.ProcessorMixin.get_processor_dict(source, **hub)[0]
+    name = config.get("processor_class")
+    cls = processor_class_from_name(name) if name else None
+    if cls is None:
+        return AutoProcessor.from_pretrained(source, **hub)
+    images_only = _without_video(cls)
+    if images_only is cls:
+        return cls.from_pretrained(source, **hub)
+    return images_only.from_pretrained(source, video_processor=None, **hub)
+
+
 def load_model(
     id_or_dir: str | Path,
     quantization: str | None = None,
@@ -352,7 +433,7 @@ def load_model(
         OSError: a hub id that cannot be found locally or downloaded.
     """
     import transformers
-    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+    from transformers import AutoConfig
 
     torch_dtype = check_dtype(dtype)
     check_device_map(device_map)
@@ -382,9 +463,10 @@ def load_model(
         ) from exc
     kind = check_supported(config.model_type)
     if kind == "vision":
-        cls = getattr(transformers, _VISION_CLASSES[config.model_type])
+        cls = transformers.AutoModelForImageTextToText
     else:
         cls = transformers.AutoModelForCausalLM
+    check_packages(config.model_type)
     check_quantizable(cls, config, quantization, skip_modules, on_cpu)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, **from_pretrained_kwargs}
     if bnb is not None:
@@ -396,8 +478,6 @@ def load_model(
     if bnb is None and device_map is None:
         model.to("cuda" if torch.cuda.is_available() else "cpu")
     model.eval()
-    processor = (AutoProcessor if kind == "vision" else AutoTokenizer).from_pretrained(
-        source, **hub
-    )
+    processor = load_processor(source, kind, **hub)
     anatomy = resolve_anatomy(model)
     return LoadedModel(model=model, processor=processor, anatomy=anatomy, name=str(id_or_dir))

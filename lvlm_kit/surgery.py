@@ -191,6 +191,31 @@ def _idx_modules(layer: nn.Module) -> list[nn.Module]:
     return [m for m in layer.modules() if isinstance(getattr(m, "layer_idx", None), int)]
 
 
+def cache_slots(anatomy: Anatomy, skipped: Sequence[int]) -> dict[int, int]:
+    """The KV-cache slot of each kept decoder layer while ``skipped`` layers are removed.
+
+    Kept layers take the cache's slots in order, each among the slots of its own attention
+    type (a model mixing sliding-window and full attention builds each slot for its type), so
+    that the first slot, from which transformers reads the sequence length, belongs to the
+    first layer that runs. With a single type this numbers the kept layers 0, 1, 2...
+
+    Raises:
+        ValueError: every layer of the first slot's type is skipped.
+    """
+    types = anatomy.layer_types or ("attention",) * anatomy.n_layers
+    free: dict[str, list[int]] = {}
+    for slot, kind in enumerate(types):
+        free.setdefault(kind, []).append(slot)
+    slots = {i: free[types[i]].pop(0) for i in range(anatomy.n_layers) if i not in skipped}
+    if 0 not in slots.values():
+        raise ValueError(
+            f"this model mixes attention types {sorted(set(types))}; skipping {list(skipped)} "
+            f"removes every {types[0]!r} layer, and transformers reads the sequence length "
+            f"from the first such layer's cache. Keep at least one {types[0]!r} layer."
+        )
+    return slots
+
+
 @contextmanager
 def skip_layers(anatomy: Anatomy, layers: Sequence[int]) -> Iterator[list[int]]:
     """Run the model with decoder ``layers`` removed from the forward pass.
@@ -198,8 +223,8 @@ def skip_layers(anatomy: Anatomy, layers: Sequence[int]) -> Iterator[list[int]]:
     Valid inside ``generate()`` with a KV cache. A skipped layer's ``forward`` becomes the
     identity (no compute, no cache write; its hooks still fire, so a Trace of a skipped
     generation keeps all L + 1 layer entries, skipped layers repeating their input). The
-    kept layers' attention ``layer_idx`` values are renumbered to be contiguous, so the
-    cache stays dense: transformers derives positions and mask sizes from cache slot 0,
+    kept layers' attention ``layer_idx`` values are renumbered (:func:`cache_slots`) so
+    the cache stays dense: transformers derives positions and mask sizes from cache slot 0,
     which must belong to the first layer that runs.
 
     Args:
@@ -214,10 +239,10 @@ def skip_layers(anatomy: Anatomy, layers: Sequence[int]) -> Iterator[list[int]]:
         ...     out = loaded.model.generate(**inputs, max_new_tokens=32)
     """
     skipped = check_layers(layers, anatomy.n_layers)
+    slots = cache_slots(anatomy, skipped)
     saved_idx: list[tuple[nn.Module, int]] = []
     patched: list[nn.Module] = []
     try:
-        new_idx = 0
         for i, layer in enumerate(anatomy.layers):
             if i in skipped:
                 layer.forward = _identity
@@ -225,8 +250,7 @@ def skip_layers(anatomy: Anatomy, layers: Sequence[int]) -> Iterator[list[int]]:
                 continue
             for m in _idx_modules(layer):
                 saved_idx.append((m, m.layer_idx))
-                m.layer_idx = new_idx
-            new_idx += 1
+                m.layer_idx = slots[i]
         yield skipped
     finally:
         for layer in patched:

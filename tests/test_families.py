@@ -1,0 +1,148 @@
+"""Every supported family, end to end, on a tiny random-weight model of its real classes.
+
+For each family (:mod:`tests.families`): the model and its processor load through
+``load_model`` from a saved folder, the last-layer lens equals the model's own logits, the
+image-token positions are exactly where the model puts image features, ``trace`` emits
+the tokens of plain greedy ``generate``, and skipping layers with the KV cache gives the
+tokens of a no-cache recompute.
+"""
+
+import numpy as np
+import pytest
+import torch
+from families import FAMILIES, save_tiny
+
+from lvlm_kit import load_model, trace
+from lvlm_kit.anatomy import FAMILIES as KIT_FAMILIES
+from lvlm_kit.anatomy import UNSUPPORTED, check_supported
+from lvlm_kit.generation import greedy_config
+from lvlm_kit.inputs import prepare_inputs
+from lvlm_kit.surgery import ResidualRecorder, skip_layers
+
+PROMPT = "Describe the image."
+VISION = [name for name in FAMILIES if KIT_FAMILIES[name].kind == "vision"]
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request, tmp_path_factory):
+    name = request.param
+    folder = save_tiny(name, tmp_path_factory.mktemp(name))
+    return name, load_model(folder, dtype="float32")
+
+
+def _image(seed: int, size: tuple[int, int] = (60, 80)) -> np.ndarray:
+    return (np.random.RandomState(seed).rand(*size, 3) * 255).astype(np.uint8)
+
+
+def _inputs(lm, seed=1, size=(60, 80)):
+    return prepare_inputs(lm, _image(seed, size) if lm.is_vision else None, PROMPT)[0]
+
+
+def _generate(lm, inputs, n=8, use_cache=True):
+    cfg = greedy_config(lm.model, n)
+    cfg.use_cache = use_cache
+    out = lm.model.generate(**inputs, generation_config=cfg)
+    return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def test_every_kit_family_has_a_tiny_model():
+    assert sorted(FAMILIES) == sorted(KIT_FAMILIES)
+
+
+def test_cross_attention_families_are_refused_with_the_reason():
+    with pytest.raises(NotImplementedError, match="cross-attention"):
+        check_supported("mllama")
+    assert set(UNSUPPORTED) == {"mllama", "idefics"}
+
+
+def test_cache_slots_keep_each_layers_attention_type():
+    from types import SimpleNamespace
+
+    from lvlm_kit.surgery import cache_slots
+
+    s, f = "sliding_attention", "full_attention"
+    hybrid = SimpleNamespace(n_layers=6, layer_types=(s, f, s, f, s, f))
+    assert cache_slots(hybrid, [0, 3]) == {1: 1, 2: 0, 4: 2, 5: 3}
+    uniform = SimpleNamespace(n_layers=4, layer_types=None)
+    assert cache_slots(uniform, [0, 2]) == {1: 0, 3: 1}
+    with pytest.raises(ValueError, match="Keep at least one 'sliding_attention' layer"):
+        cache_slots(hybrid, [0, 2, 4])
+
+
+def test_last_layer_lens_equals_the_models_logits(family):
+    name, lm = family
+    inputs = _inputs(lm)
+    with torch.inference_mode(), ResidualRecorder(lm.anatomy, all_positions=True) as rec:
+        logits = lm.model(**inputs).logits[0]  # [seq, V]
+    residuals = rec.stacked()[0]  # [L+1, seq, d]
+    lensed = lm.lens().logits(residuals[-1], layer=lm.anatomy.n_layers)
+    torch.testing.assert_close(lensed, logits.float(), atol=1e-4, rtol=1e-4)
+    transform = (lm.anatomy.softcap, lm.anatomy.logit_scale)
+    if name in ("paligemma", "gemma2", "gemma3_text"):
+        assert transform == (30.0, None)  # these heads soft-cap
+    elif name in ("cohere", "cohere2"):
+        assert transform == (None, 0.25)  # these scale
+    else:
+        assert transform == (None, None)  # Gemma 3 and Aya Vision's LVLM heads do neither
+
+
+def test_trace_emits_the_tokens_of_greedy_generate(family):
+    _, lm = family
+    image = _image(1) if lm.is_vision else None
+    tr = trace(lm, image, PROMPT, max_new_tokens=8)
+    assert tr.token_ids.tolist() == _generate(lm, _inputs(lm))
+    assert tr.token_rank[:, -1].eq(0).all()  # the last layer's top-1 is the emitted token
+
+
+@pytest.mark.parametrize("layers", [[1, 2], [0], [3]])
+def test_skipping_with_the_kv_cache_equals_a_recompute(family, layers):
+    _, lm = family
+    inputs = _inputs(lm)
+    with skip_layers(lm.anatomy, layers):
+        cached = _generate(lm, inputs, use_cache=True)
+        uncached = _generate(lm, inputs, use_cache=False)
+    assert cached == uncached
+
+
+@pytest.mark.parametrize("size", [(60, 80), (100, 60)])
+def test_image_positions_are_where_the_model_puts_image_features(family, size):
+    name, lm = family
+    if not lm.is_vision:
+        return  # a text model has no image tokens
+    inputs = _inputs(lm, size=size)
+    ids = inputs["input_ids"][0]
+    with torch.inference_mode(), ResidualRecorder(lm.anatomy, all_positions=True) as rec:
+        lm.model(**inputs)
+    first = rec.stacked()[0, 0]  # [seq, d] the decoder's input
+    embedded = lm.anatomy.embed_tokens(ids).float()
+    # Text positions enter as their (possibly scaled) embeddings; the scale is read at the
+    # last position, which is always text (the generation prompt).
+    scale = (first[-1] @ embedded[-1]) / (embedded[-1] @ embedded[-1])
+    text = torch.isclose(first, scale * embedded, atol=1e-5, rtol=1e-4).all(-1)
+    image = lm.anatomy.image_positions(ids)
+    assert image.sum() > 0
+    assert torch.equal(~text, image), name
+
+
+@pytest.mark.slow
+@pytest.mark.kernels
+@pytest.mark.parametrize("name", VISION)
+def test_notebook_00_runs_on_the_family(name, tmp_path):
+    import json
+    from pathlib import Path
+
+    import papermill as pm
+
+    root = Path(__file__).resolve().parent.parent
+    folder = save_tiny(name, tmp_path / "model")
+    out = tmp_path / "out"
+    pm.execute_notebook(
+        str(root / "notebooks" / "00_quickstart.ipynb"), str(tmp_path / "00.ipynb"),
+        parameters={"MODEL": str(folder), "OUTPUT_DIR": str(out), "MAX_NEW_TOKENS": 8},
+        kernel_name="python3", cwd=str(root / "notebooks"), progress_bar=False,
+        execution_timeout=240, start_timeout=120,
+    )  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_layers"] == 4 and 1 <= metrics["n_tokens"] <= 8, metrics
+    assert metrics["last_layer_top1_share"] == 1.0  # the lens's last layer is the model's output
+    assert list(out.glob("*.png"))
