@@ -148,8 +148,8 @@ print(
 )
 
 # %% [markdown]
-# **What the testbed shows.** Shallow layers give the emitted token about 0.16 of its final
-# probability (0.53 from the critical layer on), not the near-zero of the paper, and the
+# **What the testbed shows.** Shallow layers give the emitted token about 0.17 of its final
+# probability (0.49 from the critical layer on), not the near-zero of the paper, and the
 # steepest rise is into the last layer (11 of 12) rather than at the critical layer: the
 # testbed's decision is spread over its depth.
 #
@@ -182,7 +182,7 @@ print(f"top-1 switches after the critical layer, per token: {by_kind}")
 
 # %% [markdown]
 # **What the testbed shows.** Content tokens switch their top-1 candidate about 2.2 times
-# after the critical layer, function tokens about 0.5 times: the pattern of the paper.
+# after the critical layer, function tokens about 0.4 times: the pattern of the paper.
 #
 # ## 5. The claims, with 95% confidence intervals and a random-weight control
 #

@@ -136,8 +136,8 @@ summary = df.groupby("label").overtake.agg(["count", "mean", "median"])
 summary
 
 # %% [markdown]
-# **What the testbed shows.** On the 8 default probe scenes the testbed names 19 object
-# tokens and hallucinates 2 of them (CHAIR 0.11): too few to compare the groups, so claims
+# **What the testbed shows.** On the 8 default probe scenes the testbed names 18 object
+# tokens and hallucinates 1 of them (CHAIR 0.06): too few to compare the groups, so claims
 # 4 and 5 below come out *inconclusive*. More images (`N_IMAGES`) give more hallucinated
 # tokens to compare.
 #

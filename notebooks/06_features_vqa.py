@@ -142,8 +142,8 @@ spread
 
 # %% [markdown]
 # **What the testbed shows.** All 48 answers are right. The answer states start in a neck
-# (spread 1.6 at layer 1), fan out to about 21 by layer 9 and gather again in the last
-# layer (14): the paper's neck, fan and re-clustering.
+# (spread 1.9 at layer 1), fan out to about 14 from layer 2 on and draw in a little in the
+# last layer (13.0): the paper's neck and fan, with only a slight re-clustering.
 #
 # ## 3. The claims, with 95% confidence intervals and a random-weight control
 #

@@ -151,7 +151,7 @@ summary = pd.DataFrame(
 summary.round(4)
 
 # %% [markdown]
-# **What the testbed shows.** 8-bit reproduces every token, NF4 99% and FP4 70%; the
+# **What the testbed shows.** 8-bit and NF4 reproduce every token, FP4 84%; the
 # random-weight control none. The 4-bit models take a fifth of the full model's memory
 # (2.9 MB against 14 MB; the head stays in full precision), 8-bit a third.
 #
@@ -170,7 +170,7 @@ notebook.show(
 
 # %% [markdown]
 # **What the testbed shows.** 8-bit stays near 0.0001 nats at every layer; NF4 rises to
-# about 0.02 in layers 8-10 and FP4 to 0.1 at the last layer, all far below the 7 nats of
+# about 0.007 at layer 10 and FP4 to 0.09 at the last layer, all far below the 7 nats of
 # random weights.
 #
 # ## 5. The adjacent-layer JS curve of each run
@@ -187,8 +187,8 @@ notebook.show(
 
 # %% [markdown]
 # **What the testbed shows.** The curves of 8-bit, NF4 and FP4 lie on the full-precision
-# curve (correlations of at least 0.98); the stages are detected at the same layers (3 and
-# 11) in every variant.
+# curve (correlations of at least 0.99); the stages are detected at the same layers (3 and
+# 10) in every variant.
 #
 # ## 6. The claims, with 95% confidence intervals and a random-weight control
 #

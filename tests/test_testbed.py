@@ -17,6 +17,7 @@ from lvlm_kit.testbed.train import (
     WEIGHTS_DIR,
     TrainConfig,
     align_vision,
+    answer_loss,
     build_tokenizer,
     collate,
     example,
@@ -190,6 +191,22 @@ def test_shape_has_36_image_tokens_and_4bit_widths():
     assert SHAPE.n_image_tokens >= 36 and SHAPE.image_size // SHAPE.patch_size == GRID
     widths = (SHAPE.hidden, SHAPE.intermediate, SHAPE.vision_hidden, 4 * SHAPE.vision_hidden)
     assert all(w % 64 == 0 for w in widths)
+
+
+def test_answer_loss_weighs_each_answer_or_each_token():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 9)
+    labels = torch.full((2, 6), -100)
+    labels[0, 5] = 3  # a one-token answer
+    labels[1, 2:] = torch.tensor([1, 2, 4, 5])  # a four-token answer
+    flat_logits, flat_labels = logits[:, :-1].reshape(-1, 9), labels[:, 1:].reshape(-1)
+    ce = torch.nn.functional.cross_entropy(flat_logits, flat_labels, ignore_index=-100,
+                                           reduction="none").view(2, 5)  # fmt: skip
+    short, long = ce[0, 4], ce[1, 1:].mean()
+    assert answer_loss(logits, labels, per_example=True) == pytest.approx(float((short + long) / 2))
+    per_token = float((ce[0, 4] + ce[1, 1:].sum()) / 5)
+    assert answer_loss(logits, labels, per_example=False) == pytest.approx(per_token)
+    assert per_token != pytest.approx(float((short + long) / 2))
 
 
 FAST = {"vision_steps": 2, "vision_batch_size": 4}

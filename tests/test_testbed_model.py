@@ -46,12 +46,13 @@ def test_recorded_quality():
     assert METRICS["n_scenes"] >= 200
     assert METRICS["object_precision"] >= 0.95  # the aim
     assert METRICS["relation_accuracy"] is None or METRICS["relation_accuracy"] >= 0.90
-    # VQA misses its 0.95 aim (issue 17 stays open): every question type is at least 0.97
-    # except "what is the <colour> object?", whose colour-to-category lookup is only partial.
+    assert METRICS["vqa_accuracy"] >= 0.95  # the aim
+    # Every question type is at least 0.96 except "what is the <colour> object?", whose
+    # colour-to-category lookup is the hardest (0.78).
     by_type = METRICS["vqa_accuracy_by_type"]
-    assert METRICS["vqa_accuracy"] == pytest.approx(0.9403, abs=1e-4)
-    assert min(v for k, v in by_type.items() if k != "object") >= 0.97
-    assert by_type["object"] == pytest.approx(0.5909, abs=1e-4)
+    assert METRICS["vqa_accuracy"] == pytest.approx(0.9590, abs=1e-4)
+    assert min(v for k, v in by_type.items() if k != "object") >= 0.96
+    assert by_type["object"] == pytest.approx(0.7848, abs=1e-4)
     for prior in METRICS["priors"]:  # B named clearly above the rate of other absent objects
         assert prior["hallucination_rate_b_ci95"][0] > prior["base_rate_other_absent_ci95"][1]
         assert prior["hallucination_rate_b"] >= 0.1

@@ -15,7 +15,8 @@ built on Vicuna and CLIP:
 3. Instruction tuning of projector and language model (vision tower frozen, as LLaVA-1.5)
    on freshly drawn scenes: 30% detailed descriptions, 20% grounded descriptions
    ("describe the boat.", "describe the red object."), 50% single-word VQA (each question
-   type equally often).
+   type equally often). Each example's answer weighs the same in the loss, however many
+   tokens it has.
 
 Fixed seed and thread count. Writes both models with ``save_pretrained`` under
 ``lvlm_kit/testbed/weights`` (or ``--out``): ``lvlm/`` (``load_model("testbed")``) and
@@ -80,11 +81,12 @@ class TrainConfig:
     llm_steps: int = 2000  # base language model steps (text only)
     llm_batch_size: int = 32
     llm_lr: float = 1e-3
-    steps: int = 5500  # instruction-tuning optimizer steps
+    steps: int = 6000  # instruction-tuning optimizer steps
     batch_size: int = 32
     lr: float = 7e-4  # peak AdamW learning rate of instruction tuning
     warmup: int = 100  # linear warm-up steps, then cosine decay to 5% of peak
     weight_decay: float = 0.01
+    loss_per_example: bool = True  # each answer weighs the same (else each answer token does)
     describe_share: float = 0.3  # share of detailed-description examples
     ground_share: float = 0.2  # share of "describe the <category>/<colour> object." (rest: VQA)
     vision_steps: int = 800  # vision-alignment steps (0: no alignment, vision trained end to end)
@@ -278,6 +280,30 @@ def collate(processor, examples) -> dict[str, torch.Tensor]:
     return dict(batch)
 
 
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor, per_example: bool) -> torch.Tensor:
+    """Next-token cross-entropy on the labelled (answer) positions.
+
+    Args:
+        logits: ``[B, T, V]`` model outputs.
+        labels: ``[B, T]`` token ids, -100 where not scored.
+        per_example: average within each example first, then over examples, so that a
+            one-word VQA answer weighs as much as a 40-token description; if False, every
+            answer token weighs the same (the model's own ``loss``).
+
+    Returns:
+        A scalar loss.
+    """
+    target = labels[:, 1:]
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), target, ignore_index=-100, reduction="none"
+    )  # [B, T-1]
+    mask = (target != -100).to(ce.dtype)
+    if not per_example:
+        return (ce * mask).sum() / mask.sum()
+    per_row = (ce * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return per_row[mask.sum(1) > 0].mean()
+
+
 def _schedule(warmup: int, steps: int):
     """Linear warm-up, then cosine decay to 5% of the peak learning rate."""
 
@@ -329,7 +355,9 @@ def train(
                 for _ in range(config.batch_size)
             ],  # fmt: skip
         )
-        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        labels = batch.pop("labels").to(device)
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+        loss = answer_loss(logits, labels, config.loss_per_example)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
