@@ -8,8 +8,15 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# A second environment with torch and a torchvision built for it: the processors of
+# Mistral 3 / Pixtral exist only with torchvision, and the tests there check that the kit's
+# processors without torchvision insert the same image tokens as transformers' own.
+TORCHVISION ?= torch torchvision
+TV_VENV := .venv-tv
+TV_PY   := $(TV_VENV)/bin/python
+TV_STAMP := $(TV_VENV)/.installed
 
-.PHONY: env test unit lint reproduce pin notebooks clean
+.PHONY: env test test-torchvision unit lint reproduce pin notebooks clean
 
 env: $(STAMP)
 
@@ -24,6 +31,17 @@ test: $(STAMP)
 	$(PY) -m ruff check lvlm_kit tests benchmarks notebooks
 	$(PY) -m pytest -q -n 2 --timeout=600 --durations=10 tests -m "not kernels"
 	$(PY) -m pytest -q --timeout=600 --durations=5 tests -m kernels
+	$(MAKE) test-torchvision
+
+$(TV_STAMP): pyproject.toml
+	test -x $(TV_PY) || $(PYTHON) -m venv $(TV_VENV)
+	$(TV_PY) -m pip install -q $(TORCHVISION)
+	$(TV_PY) -m pip install -q -e ".[families,notebooks]" pytest pytest-timeout
+	touch $(TV_STAMP)
+
+test-torchvision: $(TV_STAMP)
+	$(TV_PY) -m pytest -q -p no:cacheprovider --timeout=600 tests/test_families.py \
+		-k "torchvision or mistral3"
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -n 2 --timeout=600 tests -m "not slow"

@@ -55,6 +55,7 @@ FAMILIES: dict[str, Family] = {
     "paligemma": Family("vision", softcap="text_config", chat=False),
     "internvl": Family("vision"),
     "aya_vision": Family("vision"),
+    "mistral3": Family("vision", packages=("torchvision",)),
     "llama": Family("text"),
     "mistral": Family("text"),
     "qwen2": Family("text"),

@@ -315,11 +315,18 @@ def check_packages(model_type: str) -> None:
     """Raise one clear error, before loading, when a family's processor needs a missing package."""
     import importlib.util
 
-    missing = [p for p in FAMILIES[model_type].packages if importlib.util.find_spec(p) is None]
+    def usable(package: str) -> bool:
+        if package == "torchvision":  # present is not enough: it must match this torch
+            return torchvision_available()
+        return importlib.util.find_spec(package) is not None
+
+    missing = [p for p in FAMILIES[model_type].packages if not usable(p)]
     if missing:
         raise RuntimeError(
-            f"model_type={model_type!r} needs the package(s) {missing} for its processor. "
-            f"Install them (`pip install {' '.join(missing)}`) and load again."
+            f"model_type={model_type!r} needs the package(s) {missing} for its processor, "
+            "and they do not import here. Install them (for torchvision, the build that "
+            f"matches your torch: `pip install {' '.join(missing)}` next to the same torch "
+            "release) and load again."
         )
 
 
@@ -349,12 +356,13 @@ def _without_video(cls: type) -> type:
 
 
 def build_processor(class_name: str, **parts: Any) -> Any:
-    """Build a transformers processor class from its parts, without torchvision if need be.
+    """Build a transformers processor class from its parts.
 
     Args:
         class_name: the processor class, e.g. ``"Qwen2VLProcessor"``.
-        **parts: its ``image_processor``, ``tokenizer``, ``chat_template``... (a
-            ``video_processor`` is used when given and torchvision imports).
+        **parts: its ``image_processor``, ``tokenizer``, ``chat_template``... Without a
+            ``video_processor`` the processor is built for images and text only (see
+            :func:`_without_video`), with or without torchvision.
 
     Returns:
         The processor.
@@ -362,7 +370,7 @@ def build_processor(class_name: str, **parts: Any) -> Any:
     import transformers
 
     cls = getattr(transformers, class_name)
-    if parts.get("video_processor") is None and not torchvision_available():
+    if parts.get("video_processor") is None:
         images_only = _without_video(cls)
         if images_only is not cls:
             cls = images_only

@@ -16,8 +16,9 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
+from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING_NAMES
 
-from lvlm_kit.loading import build_processor
+from lvlm_kit.loading import build_processor, torchvision_available
 
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
@@ -252,6 +253,22 @@ def _llava(next_: bool):
     return build
 
 
+def _mistral3():
+    tok = byte_tokenizer(["[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"], "<s>",
+                         "</s>", "<pad>")  # fmt: skip
+    tpl = chat_template("[INST]", "", "[/INST]", "[IMG]", bos="<s>")
+    ip = transformers.PixtralImageProcessorPil(size={"longest_edge": 64}, patch_size=16)
+    processor = build_processor("PixtralProcessor", image_processor=ip, tokenizer=tok,
+                                chat_template=tpl, patch_size=16, spatial_merge_size=2)  # fmt: skip
+    config = transformers.Mistral3Config(
+        text_config=_text(tok, model_type="mistral"),
+        vision_config=_vision(model_type="pixtral", image_size=64, patch_size=16, head_dim=16),
+        spatial_merge_size=2, image_token_index=tok.convert_tokens_to_ids("[IMG]"),
+        multimodal_projector_bias=False,
+    )  # fmt: skip
+    return config, processor
+
+
 def _text_family(cfg_cls: str, **extra: object):
     def build():
         tok = byte_tokenizer(["<|user|>", "<|assistant|>", "<|end|>"], "<s>", "<|end|>", "<pad>")
@@ -293,6 +310,7 @@ FAMILIES: dict[str, Family] = {
     "internvl": Family("internvl", _internvl),
     "aya_vision": Family("aya_vision", _aya_vision),
     "llava_onevision": Family("llava_onevision", _llava_onevision),
+    "mistral3": Family("mistral3", _mistral3),
     "qwen2_vl": _qwen(
         "qwen2_vl",
         "Qwen2VLConfig",
@@ -350,4 +368,7 @@ def save_tiny(model_type: str, out: Path, seed: int = 0) -> Path:
     model = cls.from_config(config).eval()
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    video = VIDEO_PROCESSOR_MAPPING_NAMES.get(model_type, {}).get("torchvision")
+    if video and torchvision_available():  # as a hub checkpoint ships it
+        getattr(transformers, video)().save_pretrained(out)
     return out

@@ -17,15 +17,28 @@ from lvlm_kit.anatomy import FAMILIES as KIT_FAMILIES
 from lvlm_kit.anatomy import UNSUPPORTED, check_supported
 from lvlm_kit.generation import greedy_config
 from lvlm_kit.inputs import prepare_inputs
+from lvlm_kit.loading import _without_video, torchvision_available
 from lvlm_kit.surgery import ResidualRecorder, skip_layers
 
 PROMPT = "Describe the image."
 VISION = [name for name in FAMILIES if KIT_FAMILIES[name].kind == "vision"]
 
 
+HAS_TORCHVISION = torchvision_available()
+NEEDS_TORCHVISION = (
+    "needs torchvision, which does not import beside this torch; make test runs it in .venv-tv"
+)
+
+
+def _skip_without_torchvision(name: str) -> None:
+    if "torchvision" in KIT_FAMILIES[name].packages and not HAS_TORCHVISION:
+        pytest.skip(f"{name}: {NEEDS_TORCHVISION}")
+
+
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family(request, tmp_path_factory):
     name = request.param
+    _skip_without_torchvision(name)
     folder = save_tiny(name, tmp_path_factory.mktemp(name))
     return name, load_model(folder, dtype="float32")
 
@@ -53,6 +66,15 @@ def test_cross_attention_families_are_refused_with_the_reason():
     with pytest.raises(NotImplementedError, match="cross-attention"):
         check_supported("mllama")
     assert set(UNSUPPORTED) == {"mllama", "idefics"}
+
+
+@pytest.mark.skipif(HAS_TORCHVISION, reason="checks the error raised without torchvision")
+def test_a_family_that_needs_torchvision_says_so_before_loading(tmp_path):
+    import transformers
+
+    transformers.Mistral3Config().save_pretrained(tmp_path)  # a config, no weights
+    with pytest.raises(RuntimeError, match=r"'mistral3' needs the package\(s\) \['torchvision'\]"):
+        load_model(tmp_path)
 
 
 def test_cache_slots_keep_each_layers_attention_type():
@@ -124,10 +146,43 @@ def test_image_positions_are_where_the_model_puts_image_features(family, size):
     assert torch.equal(~text, image), name
 
 
+@pytest.mark.torchvision
+@pytest.mark.skipif(not HAS_TORCHVISION, reason=NEEDS_TORCHVISION)
+@pytest.mark.parametrize("name", VISION)
+def test_without_torchvision_the_processor_inserts_the_same_image_tokens(name, tmp_path):
+    """What a user with torchvision gets (AutoProcessor: torchvision image and video
+    processors) against what the kit builds without it (the PIL image processor, no video
+    processor): the same token ids, so the same image-token positions. The pixels differ a
+    little, as transformers' two resizing backends do: on average by at most half an 8-bit
+    grey level, a few pixels by up to 16 levels (measured: 0.004-0.38 and 1-16)."""
+    import transformers
+    from transformers import AutoProcessor
+
+    folder = save_tiny(name, tmp_path / name)
+    full = AutoProcessor.from_pretrained(folder)
+    images_only = _without_video(type(full)).from_pretrained(folder, video_processor=None)
+    pil = getattr(transformers, type(full.image_processor).__name__ + "Pil")
+    images_only.image_processor = pil.from_pretrained(folder)
+    text = "Describe the image."
+    if KIT_FAMILIES[name].chat:
+        conversation = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
+        ]
+        text = full.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    for size in ((60, 80), (100, 60)):
+        a = full(images=_image(1, size), text=text, return_tensors="pt")
+        b = images_only(images=_image(1, size), text=text, return_tensors="pt")
+        assert torch.equal(a["input_ids"], b["input_ids"]), (name, size)
+        std = torch.tensor(full.image_processor.image_std).min()
+        diff = (a["pixel_values"] - b["pixel_values"]).abs() * std * 255  # in grey levels
+        assert diff.mean() <= 0.5 and diff.max() <= 16.5, (name, size)
+
+
 @pytest.mark.slow
 @pytest.mark.kernels
 @pytest.mark.parametrize("name", VISION)
 def test_notebook_00_runs_on_the_family(name, tmp_path):
+    _skip_without_torchvision(name)
     import json
     from pathlib import Path
 
@@ -146,3 +201,31 @@ def test_notebook_00_runs_on_the_family(name, tmp_path):
     assert metrics["n_layers"] == 4 and 1 <= metrics["n_tokens"] <= 8, metrics
     assert metrics["last_layer_top1_share"] == 1.0  # the lens's last layer is the model's output
     assert list(out.glob("*.png"))
+
+
+@pytest.mark.slow
+@pytest.mark.kernels
+@pytest.mark.parametrize(
+    "lvlm, llm", [("qwen2_vl", "qwen2"), ("gemma3", "gemma3_text"), ("aya_vision", "cohere2")]
+)
+def test_notebook_07_compares_a_family_with_its_text_decoder(lvlm, llm, tmp_path):
+    import json
+    from pathlib import Path
+
+    import papermill as pm
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "out"
+    pm.execute_notebook(
+        str(root / "notebooks" / "07_lvlm_vs_llm.ipynb"), str(tmp_path / "07.ipynb"),
+        parameters={"MODEL": str(save_tiny(lvlm, tmp_path / lvlm)),
+                    "LLM_MODEL": str(save_tiny(llm, tmp_path / llm)), "OUTPUT_DIR": str(out),
+                    "N_IMAGES": 4, "MAX_NEW_TOKENS": 8},
+        kernel_name="python3", cwd=str(root / "notebooks"), progress_bar=False,
+        execution_timeout=240, start_timeout=120,
+    )  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["tokens_with_mutation"]) == {"lvlm", "llm"}
+    (claim,) = json.loads((out / "claims.json").read_text())
+    assert claim["verdict"] in ("shown", "not shown", "inconclusive")
+    assert (out / "js_lvlm_vs_llm.png").is_file()

@@ -79,24 +79,24 @@ def test_hub_ids_with_dots_load_from_the_cache(saved_llava, saved_llama, tmp_pat
     import subprocess
     import sys
 
-    from transformers import Qwen2_5_VLConfig
+    from transformers import MllamaConfig
 
     cache = tmp_path / "hub"
     fill_hub_cache(cache, HUB_IDS[0], saved_llava)
     fill_hub_cache(cache, HUB_IDS[1], saved_llava)
     fill_hub_cache(cache, HUB_IDS[2], saved_llama)
-    qwen = tmp_path / "qwen"
-    Qwen2_5_VLConfig().save_pretrained(qwen)
-    fill_hub_cache(cache, "Qwen/Qwen2.5-VL-7B-Instruct", qwen)
+    mllama = tmp_path / "mllama"
+    MllamaConfig().save_pretrained(mllama)
+    fill_hub_cache(cache, "meta-llama/Llama-3.2-11B-Vision-Instruct", mllama)
     script = f"""
 from lvlm_kit import load_model
 for name in {HUB_IDS!r}:
     lm = load_model(name)
     print(name, lm.anatomy.model_type, lm.anatomy.n_layers, lm.name)
 try:
-    load_model("Qwen/Qwen2.5-VL-7B-Instruct")
+    load_model("meta-llama/Llama-3.2-11B-Vision-Instruct")
 except NotImplementedError as exc:
-    print("qwen:", exc)
+    print("mllama:", exc)
 """
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
@@ -107,8 +107,10 @@ except NotImplementedError as exc:
         "llava-hf/llava-v1.6-mistral-7b-hf llava 4 llava-hf/llava-v1.6-mistral-7b-hf",
         "lmsys/vicuna-7b-v1.5 llama 4 lmsys/vicuna-7b-v1.5",
     ]
-    # The config was found in the cache: the refusal names the architecture, not a folder.
-    assert lines[3].startswith("qwen: Architecture model_type='qwen2_5_vl' is not supported")
+    # The config was found in the cache: the refusal names the architecture and why, not a
+    # folder, before any weight is looked for.
+    assert lines[3].startswith("mllama: model_type='mllama' cannot be analysed by lvlm_kit")
+    assert "cross-attention" in lines[3]
 
 
 def test_paths_that_look_local_are_never_hub_ids(tmp_path, monkeypatch):
