@@ -229,3 +229,31 @@ def test_notebook_07_compares_a_family_with_its_text_decoder(lvlm, llm, tmp_path
     (claim,) = json.loads((out / "claims.json").read_text())
     assert claim["verdict"] in ("shown", "not shown", "inconclusive")
     assert (out / "js_lvlm_vs_llm.png").is_file()
+
+
+def test_layer_contrast_decoding_reads_the_familys_layers(family):
+    """One anchor-contrast step equals the lens's own arithmetic, and a contrasted
+    generation runs to its length (DoLa-style, over the lower half of the layers)."""
+    import math
+
+    from transformers import LogitsProcessorList
+
+    from lvlm_kit.applications import LayerContrast
+
+    _, lm = family
+    inputs = _inputs(lm)
+    anchor = LayerContrast(lm, [2], "anchor", alpha=0.5, relative_top=0.05)
+    with anchor, ResidualRecorder(lm.anatomy) as rec, torch.inference_mode():
+        scores = lm.model(**inputs).logits[:, -1]
+        out = anchor(inputs["input_ids"], scores)[0]
+    logp = lm.lens().log_probs(rec.stacked())[0]  # [L+1, V]
+    keep = logp[-1] >= logp[-1].max() + math.log(0.05)
+    expected = (logp[-1] + 0.5 * logp[2]).masked_fill(~keep, float("-inf"))
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    dola = LayerContrast(lm, [1, 2], "dola")
+    with dola, torch.inference_mode():
+        cfg = greedy_config(lm.model, 6)
+        cfg.eos_token_id = None  # run to the full length
+        seq = lm.model.generate(**inputs, generation_config=cfg,
+                                logits_processor=LogitsProcessorList([dola]))  # fmt: skip
+    assert seq.shape[1] == inputs["input_ids"].shape[1] + 6 and len(dola.chosen) == 6
