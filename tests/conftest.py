@@ -1,5 +1,6 @@
 import os
 import random
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -13,6 +14,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lvlm_kit import LoadedModel, resolve_anatomy
+from lvlm_kit.inputs import prepare_inputs
+from lvlm_kit.surgery import ResidualRecorder
 from lvlm_kit.testbed.model import LlavaShape, build_model, build_processor
 from lvlm_kit.testbed.tokenizer import build_word_tokenizer
 from lvlm_kit.trace import Trace
@@ -103,3 +106,26 @@ def fake_trace(text_tokens, token_prob, watch_ids=None, watch_probs=None, js=Non
         image_positions=torch.zeros(1, dtype=torch.bool), offsets=offsets,
         watch_ids=watch_ids, watch_probs=watch_probs,
     )  # fmt: skip
+
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def run_notebook(name: str, tmp_path: Path, parameters: dict, timeout: int = 240) -> None:
+    """Execute ``notebooks/<name>.ipynb`` with papermill; the executed copy goes to tmp_path."""
+    import papermill as pm
+
+    pm.execute_notebook(
+        str(NOTEBOOKS / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"), parameters=parameters,
+        kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False,
+        execution_timeout=timeout, start_timeout=120,
+    )  # fmt: skip
+
+
+def contrast_step(loaded: LoadedModel, image, prompt: str, contrast):
+    """One step through a LayerContrast: ``(its scores [V], lens log-probs [L+1, V])``."""
+    inputs, _ = prepare_inputs(loaded, image, prompt)
+    with contrast, ResidualRecorder(loaded.anatomy) as rec, torch.inference_mode():
+        logits = loaded.model(**inputs).logits[:, -1]
+        out = contrast(inputs["input_ids"], logits)
+    return out[0], loaded.lens().log_probs(rec.stacked())[0]

@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
+from conftest import contrast_step
 
-from lvlm_kit import Lens, ResidualRecorder
 from lvlm_kit.applications import (
     LayerContrast,
     compare_decoding,
@@ -13,24 +13,14 @@ from lvlm_kit.applications import (
 from lvlm_kit.data import export_amber, read_amber
 from lvlm_kit.divergence import js_divergence
 from lvlm_kit.generation import generate_texts
-from lvlm_kit.inputs import prepare_inputs
 from lvlm_kit.stages import Stages
 
 PROMPT = "Describe the image."
 
 
-def one_step(loaded, image, contrast):
-    inputs, _ = prepare_inputs(loaded, image, PROMPT)
-    with contrast, ResidualRecorder(loaded.anatomy) as rec, torch.inference_mode():
-        logits = loaded.model(**inputs).logits[:, -1]
-        out = contrast(inputs["input_ids"], logits)
-    logp = Lens(loaded.anatomy).log_probs(rec.stacked())[0]  # [L+1, V]
-    return out[0], logp
-
-
 def test_dola_step_matches_manual(tiny_llava, image):
     lc = LayerContrast(tiny_llava, [1, 2, 3], "dola", relative_top=0.1)
-    out, logp = one_step(tiny_llava, image, lc)
+    out, logp = contrast_step(tiny_llava, image, PROMPT, lc)
     final = logp[-1]
     j = max([1, 2, 3], key=lambda i: js_divergence(final, logp[i]).item())
     assert lc.chosen == [j]
@@ -42,7 +32,7 @@ def test_dola_step_matches_manual(tiny_llava, image):
 
 def test_anchor_step_matches_manual(tiny_llava, image):
     lc = LayerContrast(tiny_llava, [2], "anchor", alpha=0.5, relative_top=0.05)
-    out, logp = one_step(tiny_llava, image, lc)
+    out, logp = contrast_step(tiny_llava, image, PROMPT, lc)
     keep = logp[-1] >= logp[-1].max() + math.log(0.05)
     expected = (logp[-1] + 0.5 * logp[2]).masked_fill(~keep, float("-inf"))
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)

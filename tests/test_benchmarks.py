@@ -1,5 +1,6 @@
 """The benchmark script runs and reports every ratio (no timing is asserted here)."""
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -8,12 +9,19 @@ import pytest
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.mark.slow
-def test_quick_benchmark_reports_all_ratios(monkeypatch, capsys):
+@pytest.fixture
+def script(monkeypatch):
+    """Import a script of benchmarks/ by name, run from the repository root; forgotten after."""
     monkeypatch.chdir(ROOT)
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import run
+    yield importlib.import_module
+    for name in ("run", "floor"):
+        sys.modules.pop(name, None)
 
+
+@pytest.mark.slow
+def test_quick_benchmark_reports_all_ratios(script, capsys):
+    run = script("run")
     results = run.main(["--quick"])
     out = capsys.readouterr().out
     for tag in ("a. trace", "b. trace", "c. skip", "d. trace time vs T", "d. trace / generate"):
@@ -21,12 +29,10 @@ def test_quick_benchmark_reports_all_ratios(monkeypatch, capsys):
     assert {"a_trace_vs_generate", "b_peak_mb"} <= set(results)
     assert set(results["c_skip"]) == {2} and results["c_skip"][2]["ideal"] == 8 / 6
     assert list(results["d_scaling_T"]) == [4, 8]
-    sys.modules.pop("run", None)
 
 
-def test_memory_probe_and_macs_ratio(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import run
+def test_memory_probe_and_macs_ratio(script):
+    run = script("run")
 
     def hold_64_mb():
         block = bytearray(64 * 2**20)
@@ -36,14 +42,11 @@ def test_memory_probe_and_macs_ratio(monkeypatch):
     assert 60 < run.peak_extra_mb(hold_64_mb) < 90  # freed on return, the peak is kept
     # generate: (10 + 2) * 1 * 12 * 4 * 4 + 2 * 4 * 100 = 3104; lens adds 2 * 2 * 4 * 100
     assert run.macs_ratio(dict(V=100, L=1, d=4, T=2), 10) == (3104 + 1600) / 3104
-    sys.modules.pop("run", None)
 
 
 @pytest.mark.slow
-def test_floor_benchmark_reports_ratios_split_and_memory(monkeypatch, capsys):
-    monkeypatch.chdir(ROOT)
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import floor
+def test_floor_benchmark_reports_ratios_split_and_memory(script, capsys):
+    floor = script("floor")
 
     results = floor.main(["--quick"])
     out = capsys.readouterr().out
@@ -56,5 +59,3 @@ def test_floor_benchmark_reports_ratios_split_and_memory(monkeypatch, capsys):
     assert results["split"]["parts_s"]["lens products"] > 0
     assert set(results["peak_mb"]) == {4, 16}
     assert all(set(m) == {"trace", "plain"} for m in results["peak_mb"].values())
-    sys.modules.pop("floor", None)
-    sys.modules.pop("run", None)

@@ -7,9 +7,13 @@ the tokens of plain greedy ``generate``, and skipping layers with the KV cache g
 tokens of a no-cache recompute.
 """
 
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
+from conftest import contrast_step, run_notebook
 from families import FAMILIES, save_tiny
 
 from lvlm_kit import load_model, trace
@@ -183,20 +187,10 @@ def test_without_torchvision_the_processor_inserts_the_same_image_tokens(name, t
 @pytest.mark.parametrize("name", VISION)
 def test_notebook_00_runs_on_the_family(name, tmp_path):
     _skip_without_torchvision(name)
-    import json
-    from pathlib import Path
-
-    import papermill as pm
-
-    root = Path(__file__).resolve().parent.parent
     folder = save_tiny(name, tmp_path / "model")
     out = tmp_path / "out"
-    pm.execute_notebook(
-        str(root / "notebooks" / "00_quickstart.ipynb"), str(tmp_path / "00.ipynb"),
-        parameters={"MODEL": str(folder), "OUTPUT_DIR": str(out), "MAX_NEW_TOKENS": 8},
-        kernel_name="python3", cwd=str(root / "notebooks"), progress_bar=False,
-        execution_timeout=240, start_timeout=120,
-    )  # fmt: skip
+    run_notebook("00_quickstart", tmp_path,
+                 {"MODEL": str(folder), "OUTPUT_DIR": str(out), "MAX_NEW_TOKENS": 8})  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_layers"] == 4 and 1 <= metrics["n_tokens"] <= 8, metrics
     assert metrics["last_layer_top1_share"] == 1.0  # the lens's last layer is the model's output
@@ -209,21 +203,12 @@ def test_notebook_00_runs_on_the_family(name, tmp_path):
     "lvlm, llm", [("qwen2_vl", "qwen2"), ("gemma3", "gemma3_text"), ("aya_vision", "cohere2")]
 )
 def test_notebook_07_compares_a_family_with_its_text_decoder(lvlm, llm, tmp_path):
-    import json
-    from pathlib import Path
-
-    import papermill as pm
-
-    root = Path(__file__).resolve().parent.parent
     out = tmp_path / "out"
-    pm.execute_notebook(
-        str(root / "notebooks" / "07_lvlm_vs_llm.ipynb"), str(tmp_path / "07.ipynb"),
-        parameters={"MODEL": str(save_tiny(lvlm, tmp_path / lvlm)),
-                    "LLM_MODEL": str(save_tiny(llm, tmp_path / llm)), "OUTPUT_DIR": str(out),
-                    "N_IMAGES": 4, "MAX_NEW_TOKENS": 8},
-        kernel_name="python3", cwd=str(root / "notebooks"), progress_bar=False,
-        execution_timeout=240, start_timeout=120,
-    )  # fmt: skip
+    run_notebook("07_lvlm_vs_llm", tmp_path, {
+        "MODEL": str(save_tiny(lvlm, tmp_path / lvlm)),
+        "LLM_MODEL": str(save_tiny(llm, tmp_path / llm)), "OUTPUT_DIR": str(out),
+        "N_IMAGES": 4, "MAX_NEW_TOKENS": 8,
+    })  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["tokens_with_mutation"]) == {"lvlm", "llm"}
     (claim,) = json.loads((out / "claims.json").read_text())
@@ -234,8 +219,6 @@ def test_notebook_07_compares_a_family_with_its_text_decoder(lvlm, llm, tmp_path
 def test_layer_contrast_decoding_reads_the_familys_layers(family):
     """One anchor-contrast step equals the lens's own arithmetic, and a contrasted
     generation runs to its length (DoLa-style, over the lower half of the layers)."""
-    import math
-
     from transformers import LogitsProcessorList
 
     from lvlm_kit.applications import LayerContrast
@@ -243,10 +226,7 @@ def test_layer_contrast_decoding_reads_the_familys_layers(family):
     _, lm = family
     inputs = _inputs(lm)
     anchor = LayerContrast(lm, [2], "anchor", alpha=0.5, relative_top=0.05)
-    with anchor, ResidualRecorder(lm.anatomy) as rec, torch.inference_mode():
-        scores = lm.model(**inputs).logits[:, -1]
-        out = anchor(inputs["input_ids"], scores)[0]
-    logp = lm.lens().log_probs(rec.stacked())[0]  # [L+1, V]
+    out, logp = contrast_step(lm, _image(1) if lm.is_vision else None, PROMPT, anchor)
     keep = logp[-1] >= logp[-1].max() + math.log(0.05)
     expected = (logp[-1] + 0.5 * logp[2]).masked_fill(~keep, float("-inf"))
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)

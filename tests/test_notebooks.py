@@ -4,8 +4,8 @@ headline numbers and claim verdicts equal the pinned ones (tests/expected_metric
 import json
 from pathlib import Path
 
-import papermill as pm
 import pytest
+from conftest import run_notebook
 from pin import (
     EXPECTED,
     GALLERY,
@@ -52,11 +52,7 @@ def approx(value):
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_notebook_reproduces_its_pinned_numbers(name, tmp_path):
     out = tmp_path / name
-    pm.execute_notebook(
-        str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
-        parameters={"OUTPUT_DIR": str(out)}, kernel_name="python3", cwd=str(ROOT / "notebooks"),
-        progress_bar=False, execution_timeout=600, start_timeout=120,
-    )  # fmt: skip
+    run_notebook(name, tmp_path, {"OUTPUT_DIR": str(out)}, timeout=600)
     assert sorted(p.name for p in out.glob("*.png")) == FIGURES[name]
     metrics = json.loads((out / "metrics.json").read_text())
     pinned = PINNED[name]
