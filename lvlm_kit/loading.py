@@ -337,7 +337,7 @@ def torchvision_available() -> bool:
     return bool(is_torchvision_available())
 
 
-def _without_video(cls: type) -> type:
+def _without_video(cls: type) -> tuple[type, dict[str, Any]]:
     """``cls``, a processor class, with its video processor dropped (images and text only).
 
     The image-text processors of Qwen2/2.5/3-VL, LLaVA-OneVision, SmolVLM and InternVL
@@ -345,14 +345,20 @@ def _without_video(cls: type) -> type:
     never pass through it, so without torchvision the kit builds the processor without it:
     the image processor (its PIL backend), the tokenizer and the chat template are the
     same, and so are the image tokens it inserts.
+
+    Returns:
+        ``(class, kwargs)``: the class to build (``cls`` itself when it has no video
+        processor) and the keyword arguments its constructor then needs
+        (``video_processor=None``, required by some classes and never used).
     """
     attrs = [a for a in cls.get_attributes() if a != "video_processor"]
     if len(attrs) == len(cls.get_attributes()):
-        return cls
-    return type(cls.__name__, (cls,), {
+        return cls, {}
+    images_only = type(cls.__name__, (cls,), {
         "get_attributes": classmethod(lambda _: list(attrs)), "__module__": cls.__module__,
         "__doc__": f"{cls.__name__} for images and text (no video processor: no torchvision).",
     })  # fmt: skip
+    return images_only, {"video_processor": None}
 
 
 def build_processor(class_name: str, **parts: Any) -> Any:
@@ -371,10 +377,8 @@ def build_processor(class_name: str, **parts: Any) -> Any:
 
     cls = getattr(transformers, class_name)
     if parts.get("video_processor") is None:
-        images_only = _without_video(cls)
-        if images_only is not cls:
-            cls = images_only
-            parts["video_processor"] = None  # some classes require the argument; it is unused
+        cls, extra = _without_video(cls)
+        parts.update(extra)
     return cls(**parts)
 
 
@@ -398,10 +402,8 @@ def load_processor(source: str, kind: str, **hub: Any) -> Any:
     cls = processor_class_from_name(name) if name else None
     if cls is None:
         return AutoProcessor.from_pretrained(source, **hub)
-    images_only = _without_video(cls)
-    if images_only is cls:
-        return cls.from_pretrained(source, **hub)
-    return images_only.from_pretrained(source, video_processor=None, **hub)
+    images_only, extra = _without_video(cls)
+    return images_only.from_pretrained(source, **extra, **hub)
 
 
 def load_model(
