@@ -52,9 +52,9 @@ def picture(lm: LoadedModel) -> np.ndarray:
     return (np.random.RandomState(0).rand(size, size, 3) * 255).astype(np.uint8)
 
 
-def best_of(*fns, repeat: int) -> list[float]:
-    """Best wall time of each function, run interleaved (a, b, a, b, ...) after a warm-up,
-    so that drifts of the machine's speed hit all of them alike."""
+def rounds(*fns, repeat: int) -> list[list[float]]:
+    """Wall times of each function over ``repeat`` rounds, run interleaved (a, b, a, b, ...)
+    after a warm-up, so that drifts of the machine's speed hit all of them alike."""
     for fn in fns:
         fn()
     times: list[list[float]] = [[] for _ in fns]
@@ -63,7 +63,12 @@ def best_of(*fns, repeat: int) -> list[float]:
             start = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - start)
-    return [min(ts) for ts in times]
+    return times
+
+
+def best_of(*fns, repeat: int) -> list[float]:
+    """Best wall time of each function over interleaved :func:`rounds`."""
+    return [min(ts) for ts in rounds(*fns, repeat=repeat)]
 
 
 def plain_generate(lm: LoadedModel, T: int, hidden_states: bool = True):

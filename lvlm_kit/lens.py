@@ -83,6 +83,48 @@ class Lens:
         return self.norm_policy == "final_norm" or layer == self.n_layers
 
     @torch.inference_mode()
+    def normed(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """The residual-stream states as the head receives them: float32, normed by the policy.
+
+        Args:
+            hidden: ``[..., d]`` states of lens layer ``layer``; or, with ``layer=None``,
+                ``[..., L+1, d]`` states of every lens layer 0..L (any dtype/device).
+            layer: the lens layer (0..L) all of ``hidden`` comes from, or None for a
+                stack of all layers.
+
+        Returns:
+            float32 states on the lens's device, the shape of ``hidden``.
+        """
+        h = hidden.to(self.device, torch.float32)
+        if layer is None:
+            if h.dim() < 2 or h.shape[-2] != self.n_layers + 1:
+                raise ValueError(
+                    f"expected a stack of all layers, shape [..., {self.n_layers + 1}, d], "
+                    f"got {tuple(hidden.shape)}; pass layer=j for states of one lens layer."
+                )
+            if self.norm_policy == "final_norm":
+                return self.norm(h)
+            return torch.cat([h[..., :-1, :], self.norm(h[..., -1:, :])], dim=-2)
+        if not 0 <= layer <= self.n_layers:
+            raise ValueError(f"lens layer {layer} is out of range 0..{self.n_layers}.")
+        return self.norm(h) if self._normed(layer) else h
+
+    @torch.inference_mode()
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """The language head on :meth:`normed` states: ``[..., d]`` float32 -> ``[..., V]``.
+
+        The product with the head, then the bias, logit scale and soft-cap the model applies.
+        """
+        out = h @ self.weight.T
+        if self.bias is not None:
+            out = out + self.bias
+        if self.logit_scale is not None:
+            out = out * self.logit_scale
+        if self.softcap is not None:
+            out = torch.tanh(out / self.softcap) * self.softcap
+        return out
+
+    @torch.inference_mode()
     def logits(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """Decode residual-stream states with the language head, in float32.
 
@@ -96,30 +138,7 @@ class Lens:
             ``[..., V]`` (or ``[..., L+1, V]``) float32 logits; lens layer L equals the
             model's logits.
         """
-        h = hidden.to(self.device, torch.float32)
-        if layer is None:
-            if h.dim() < 2 or h.shape[-2] != self.n_layers + 1:
-                raise ValueError(
-                    f"expected a stack of all layers, shape [..., {self.n_layers + 1}, d], "
-                    f"got {tuple(hidden.shape)}; pass layer=j for states of one lens layer."
-                )
-            if self.norm_policy == "final_norm":
-                h = self.norm(h)
-            else:
-                h = torch.cat([h[..., :-1, :], self.norm(h[..., -1:, :])], dim=-2)
-        else:
-            if not 0 <= layer <= self.n_layers:
-                raise ValueError(f"lens layer {layer} is out of range 0..{self.n_layers}.")
-            if self._normed(layer):
-                h = self.norm(h)
-        out = h @ self.weight.T
-        if self.bias is not None:
-            out = out + self.bias
-        if self.logit_scale is not None:
-            out = out * self.logit_scale
-        if self.softcap is not None:
-            out = torch.tanh(out / self.softcap) * self.softcap
-        return out
+        return self.project(self.normed(hidden, layer))
 
     def log_probs(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """``log_softmax`` of :meth:`logits`, same shapes, float32."""

@@ -72,7 +72,8 @@ class ResidualRecorder:
         self.anatomy = anatomy
         self.device = device
         self.all_positions = all_positions
-        self.steps: list[torch.Tensor] = []  # K tensors [L+1, d]
+        self.steps: list[torch.Tensor | None] = []  # K tensors [L+1, d] (None once dropped)
+        self._dropped = 0
         self._current: list[torch.Tensor] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -113,11 +114,26 @@ class ResidualRecorder:
             handle.remove()
         self._handles.clear()
 
-    def stacked(self) -> torch.Tensor:
-        """All recorded steps as ``[K, L+1, d]`` (``[K, L+1, seq, d]`` with all positions)."""
+    def stacked(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Recorded steps ``start:stop`` (default all) as ``[K, L+1, d]``.
+
+        ``[K, L+1, seq, d]`` with all positions.
+
+        Raises:
+            RuntimeError: nothing recorded, or some of those steps were dropped.
+        """
         if not self.steps:
             raise RuntimeError("no forward pass was recorded inside the ResidualRecorder block.")
-        return torch.stack(self.steps)
+        steps = self.steps[start:stop]
+        if any(step is None for step in steps):
+            raise RuntimeError(f"steps before {self._dropped} were dropped (drop()).")
+        return torch.stack(steps)
+
+    def drop(self, stop: int) -> None:
+        """Free the recorded steps before ``stop`` (their places in :attr:`steps` stay, None)."""
+        for i in range(self._dropped, stop):
+            self.steps[i] = None
+        self._dropped = max(self._dropped, stop)
 
 
 class LayerTap:

@@ -1,10 +1,13 @@
 """One greedy generation, reduced layer by layer: the :class:`Trace`.
 
-:func:`trace` generates once with ``generate()`` (KV cache, greedy), records the residual
-stream at the predicting position of every step (``[K, L+1, d]``), then decodes it with
-the float32 :class:`~lvlm_kit.lens.Lens` a chunk of steps at a time, keeping only small
-per-(token, layer) reductions. ``[K, L+1, V]`` is never held: at most
-``[chunk, L+1, V]`` for a chunk sized to ``chunk_mb``.
+:func:`trace` generates once with ``generate()`` (KV cache, greedy) while recording the
+residual stream at the predicting position of every step (``[L+1, d]`` a step). The float32
+:class:`~lvlm_kit.lens.Lens` decodes the steps a chunk at a time and :class:`StepReducer`
+keeps only small per-(token, layer) reductions. When the residuals of ``max_new_tokens``
+steps fit in ``chunk_mb`` they are reduced after the generation; otherwise each chunk is
+reduced during it, as soon as its tokens are known, and then freed. ``[K, L+1, V]`` is never
+held: the memory trace adds is bounded by ``chunk_mb``-sized arrays whatever the number of
+tokens.
 
 A Trace on disk (one safetensors file, written atomically) is enough to redo every figure.
 """
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.profiler import record_function
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .divergence import entropy, js_divergence, js_divergence_dola
 from .files import atomic_path
@@ -321,15 +325,89 @@ def topk_last(x: torch.Tensor, k: int, block: int = 256) -> tuple[torch.Tensor, 
 
 
 def chunk_steps(chunk_mb: float, n_lens_layers: int, vocab_size: int) -> int:
-    """Steps decoded together by :func:`reduce_steps` within ``chunk_mb`` of work arrays.
+    """Steps decoded together by :class:`StepReducer` within ``chunk_mb`` of work arrays.
 
-    At most 4 float32 arrays of ``[chunk, L+1, V]`` live at once: log-probabilities,
-    probabilities and the JS divergence's two.
+    A chunk of c steps holds its logits ``[L+1, c, V]`` and, for the layer being reduced,
+    six float32 ``[c, V]`` arrays: this and the previous layer's log-probabilities and
+    probabilities, and the JS divergence's two.
     """
-    return max(1, int(chunk_mb * 2**20 // (4 * 4 * n_lens_layers * vocab_size)))
+    return max(1, int(chunk_mb * 2**20 // (4 * (n_lens_layers + 6) * vocab_size)))
 
 
-@torch.inference_mode()
+class StepReducer:
+    """Decodes residuals with the lens a chunk of steps at a time and keeps only reductions.
+
+    Each chunk's heads run as one product (``[L+1, c, d] @ [d, V]``); then, layer by layer,
+    one log-softmax and one ``exp`` serve every reduction: entropy, the JS divergence to the
+    previous layer, the emitted token's probability and rank, the top-k and the watched
+    probabilities. Working on one layer's ``[c, V]`` at a time keeps those passes in cache.
+
+    Args:
+        lens: the float32 lens.
+        top_k: how many top candidates to keep per layer.
+        dola_compat: also compute the DoLa-code JS variant (float64).
+        watch_ids: ``[W]`` ids whose probability to keep at every (step, layer).
+    """
+
+    def __init__(
+        self,
+        lens: Lens,
+        top_k: int = 10,
+        dola_compat: bool = False,
+        watch_ids: torch.Tensor | None = None,
+    ) -> None:
+        self.lens, self.top_k, self.dola_compat = lens, top_k, dola_compat
+        self.watch_ids = None if watch_ids is None else watch_ids.to(lens.device)
+        self.parts: dict[str, list[torch.Tensor]] = {}
+        self.n_steps = 0
+
+    @torch.inference_mode()
+    def add(self, residuals: torch.Tensor, token_ids: torch.Tensor) -> None:
+        """Reduce one chunk of steps.
+
+        Args:
+            residuals: ``[c, L+1, d]`` residual stream at each predicting position.
+            token_ids: ``[c]`` the emitted token of each step.
+        """
+        with record_function("lvlm_kit.lens"):
+            h = self.lens.normed(residuals).transpose(0, 1).contiguous()  # [L+1, c, d]
+            logits = self.lens.project(h)  # [L+1, c, V]
+        emitted = token_ids.to(self.lens.device)[:, None]  # [c, 1]
+        rows: dict[str, list[torch.Tensor]] = {}
+        prev: tuple[torch.Tensor, torch.Tensor] | None = None
+        for j in range(len(logits)):
+            with record_function("lvlm_kit.lens"):
+                logp = torch.log_softmax(logits[j], dim=-1)  # [c, V]
+            with record_function("lvlm_kit.reduce"):
+                p = logp.exp()
+                tok_logp = logp.gather(-1, emitted)  # [c, 1]
+                top_lp, top_ids = topk_last(logp, self.top_k)
+                row = {
+                    "topk_ids": top_ids,
+                    "topk_probs": top_lp.exp(),
+                    "token_prob": tok_logp[:, 0].exp(),
+                    "token_rank": (logp > tok_logp).sum(-1, dtype=torch.int32).long(),
+                    "entropy": entropy(logp, p),
+                }
+                if prev is not None:
+                    row["js"] = js_divergence(prev[0], logp, prev[1], p)
+                    if self.dola_compat:
+                        row["js_dola"] = js_divergence_dola(prev[0], logp)
+                if self.watch_ids is not None:
+                    row["watch_probs"] = p[:, self.watch_ids]
+                for key, value in row.items():
+                    rows.setdefault(key, []).append(value)
+                prev = (logp, p)
+        del logits, prev
+        for key, values in rows.items():  # each [c, ...] per layer -> [c, L+1 (or L), ...]
+            self.parts.setdefault(key, []).append(torch.stack(values, dim=1).cpu())
+        self.n_steps += len(token_ids)
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """Every chunk's reductions, concatenated over steps (see :func:`reduce_steps`)."""
+        return {key: torch.cat(values) for key, values in self.parts.items()}
+
+
 def reduce_steps(
     lens: Lens,
     residuals: torch.Tensor,
@@ -341,16 +419,13 @@ def reduce_steps(
 ) -> dict[str, torch.Tensor]:
     """Decode residuals with the lens and reduce them per (step, layer), chunk by chunk.
 
-    One log-softmax and one ``exp`` per chunk serve every reduction: entropy, the
-    adjacent-layer JS, rank, top-k and the watched probabilities.
-
     Args:
         lens: the float32 lens.
         residuals: ``[K, L+1, d]`` residual stream at each predicting position.
         token_ids: ``[K]`` the emitted token of each step.
         top_k: how many top candidates to keep per layer.
         dola_compat: also compute the DoLa-code JS variant (float64).
-        chunk_mb: memory budget of one chunk's ``[chunk, L+1, V]`` float32 work arrays.
+        chunk_mb: memory budget of one chunk's work arrays (:func:`chunk_steps`).
         watch_ids: ``[W]`` ids whose probability to keep at every (step, layer).
 
     Returns:
@@ -360,32 +435,48 @@ def reduce_steps(
     """
     K, L1, _ = residuals.shape
     chunk = chunk_steps(chunk_mb, L1, lens.vocab_size)
-    parts: dict[str, list[torch.Tensor]] = {}
-    ids = token_ids.to(lens.device)
+    reducer = StepReducer(lens, top_k, dola_compat, watch_ids)
     for start in range(0, K, chunk):
-        with record_function("lvlm_kit.lens"):
-            logp = lens.log_probs(residuals[start : start + chunk])  # [c, L+1, V]
-        with record_function("lvlm_kit.reduce"):
-            p = logp.exp()
-            emitted = ids[start : start + chunk, None, None].expand(-1, L1, 1)
-            tok_logp = logp.gather(-1, emitted)  # [c, L+1, 1]
-            top_lp, top_ids = topk_last(logp, top_k)
-            out = {
-                "topk_ids": top_ids,
-                "topk_probs": top_lp.exp(),
-                "token_prob": tok_logp[..., 0].exp(),
-                "token_rank": (logp > tok_logp).sum(-1, dtype=torch.int32).long(),
-                "entropy": entropy(logp, p),
-                "js": js_divergence(logp[:, :-1], logp[:, 1:], p[:, :-1], p[:, 1:]),
-            }
-            if watch_ids is not None:
-                out["watch_probs"] = p[..., watch_ids.to(lens.device)]
-            if dola_compat:
-                out["js_dola"] = js_divergence_dola(logp[:, :-1], logp[:, 1:])
-            for key, value in out.items():
-                parts.setdefault(key, []).append(value.cpu())
-            del logp, p
-    return {key: torch.cat(vals) for key, vals in parts.items()}
+        reducer.add(residuals[start : start + chunk], token_ids[start : start + chunk])
+    return reducer.result()
+
+
+class _ReduceWhileGenerating(StoppingCriteria):
+    """Reduces recorded steps during ``generate()`` when they would outgrow the budget.
+
+    ``generate()`` calls it after each step with the ids so far. After the first step it
+    knows a step's size: if ``max_steps`` of them fit in ``budget`` bytes, every step is kept
+    and reduced after the generation; otherwise each chunk of ``chunk`` steps is reduced as
+    soon as its tokens are known and its residuals are dropped, so that the memory held stays
+    the same for any number of tokens. It never stops the generation.
+    """
+
+    def __init__(
+        self, recorder: ResidualRecorder, reducer: StepReducer, prompt_len: int, chunk: int,
+        max_steps: int, budget: float, keep: bool,
+    ) -> None:  # fmt: skip
+        self.recorder, self.reducer, self.prompt_len = recorder, reducer, prompt_len
+        self.chunk, self.max_steps, self.budget, self.keep = chunk, max_steps, budget, keep
+        self.streaming: bool | None = None  # decided after the first step
+
+    def reduce(self, token_ids: torch.Tensor, final: bool = False) -> None:
+        """Reduce every whole chunk of recorded steps with known tokens (all, if ``final``)."""
+        known = min(len(self.recorder.steps), len(token_ids))
+        while known - self.reducer.n_steps >= (1 if final else self.chunk):
+            start = self.reducer.n_steps
+            stop = min(start + self.chunk, known)
+            self.reducer.add(self.recorder.stacked(start, stop), token_ids[start:stop])
+            if not self.keep:
+                self.recorder.drop(stop)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        if self.streaming is None:
+            step_bytes = self.recorder.steps[0].nbytes
+            self.streaming = not self.keep and self.max_steps * step_bytes > self.budget
+        if self.streaming:
+            with record_function("lvlm_kit.stream"):
+                self.reduce(input_ids[0, self.prompt_len :])
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 @torch.inference_mode()
@@ -412,9 +503,13 @@ def trace(
         max_new_tokens: generation length limit K_max.
         lens_norm: ``"final_norm"`` (default) or ``"raw"`` (the authors' code).
         top_k: top candidates kept per (token, layer).
-        keep_hidden: also keep the residual stream ``[K, L+1, d]`` (for features).
+        keep_hidden: also keep the residual stream ``[K, L+1, d]`` (for features); memory
+            then grows with K.
         dola_compat: also compute the DoLa-code JS variant.
-        chunk_mb: memory budget for the lens work arrays.
+        chunk_mb: memory budget (MB) for the lens's work arrays (:func:`chunk_steps` sets how
+            many steps are reduced together) and for the recorded residuals: when
+            ``max_new_tokens`` steps of them do not fit, they are reduced during the
+            generation, a chunk at a time, and freed.
         watch: tokens (ids, or words whose first token is used) whose probability to track
             at every step and layer, e.g. the correct object of a hallucination.
         skip: decoder layers (0..L-1) removed from the forward pass while generating
@@ -434,23 +529,31 @@ def trace(
     check_lengths(loaded, int(inputs["input_ids"].shape[1]), max_new_tokens)
     lens = loaded.lens(lens_norm)
     watch_ids = _watch_ids(loaded.tokenizer, watch, lens.vocab_size) if watch else None
+    prompt_len = int(inputs["input_ids"].shape[1])
+    reducer = StepReducer(lens, top_k, dola_compat, watch_ids)
     with (
         record_function("lvlm_kit.generate"),
         skip_layers(loaded.anatomy, skip) as skipped,
         ResidualRecorder(loaded.anatomy, device=lens.device) as rec,
     ):
+        chunk = chunk_steps(chunk_mb, loaded.anatomy.n_layers + 1, lens.vocab_size)
+        streaming = _ReduceWhileGenerating(
+            rec, reducer, prompt_len, chunk, max_new_tokens, chunk_mb * 2**20, keep_hidden
+        )
         sequences = loaded.model.generate(
-            **inputs, generation_config=greedy_config(loaded.model, max_new_tokens)
+            **inputs,
+            generation_config=greedy_config(loaded.model, max_new_tokens),
+            stopping_criteria=StoppingCriteriaList([streaming]),
         )
     prompt_ids = inputs["input_ids"][0].cpu()
-    token_ids = sequences[0, prompt_ids.shape[0] :].cpu()
-    residuals = rec.stacked()
-    if residuals.shape[0] != token_ids.shape[0]:  # pragma: no cover - generate internals
+    token_ids = sequences[0, prompt_len:].cpu()
+    if len(rec.steps) != len(token_ids):  # pragma: no cover - generate internals
         raise RuntimeError(
-            f"recorded {residuals.shape[0]} forward steps for {token_ids.shape[0]} tokens; "
+            f"recorded {len(rec.steps)} forward steps for {len(token_ids)} tokens; "
             "the generation strategy is not plain greedy decoding."
         )
-    reduced = reduce_steps(lens, residuals, token_ids, top_k, dola_compat, chunk_mb, watch_ids)
+    streaming.reduce(token_ids, final=True)
+    reduced = reducer.result()
     with record_function("lvlm_kit.bookkeeping"):
         tok = loaded.tokenizer
         extra = [] if watch_ids is None else [watch_ids]
@@ -472,7 +575,7 @@ def trace(
         token_ids=token_ids,
         prompt_ids=prompt_ids,
         image_positions=loaded.anatomy.image_positions(prompt_ids),
-        hidden=residuals.cpu() if keep_hidden else None,
+        hidden=rec.stacked().cpu() if keep_hidden else None,
         meta={
             "max_new_tokens": max_new_tokens,
             "top_k": top_k,

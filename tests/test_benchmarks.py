@@ -54,8 +54,11 @@ def test_floor_benchmark_reports_ratios_split_and_memory(script, capsys):
     assert list(results["T"]) == [4, 8, 16]
     for r in results["T"].values():
         assert r["trace_vs_plain_plus_floor"] == r["trace_s"] / (r["plain_s"] + r["floor_s"])
-    assert set(results["split"]["parts_s"]) == {"generate", "lens products", "reductions",
-                                                "bookkeeping"}  # fmt: skip
-    assert results["split"]["parts_s"]["lens products"] > 0
+        ratios = [t / (p + f) for p, f, t in zip(*r["rounds"].values())]
+        assert r["median_round_trace_vs_plain_plus_floor"] == ratios[0]  # one round
+    parts = results["split"]["parts_s"]
+    assert set(parts) == {"model forward", "lens products", "reductions", "bookkeeping"}
+    assert parts["lens products"] > 0 and parts["model forward"] > 0
+    assert 0 < results["split"]["hooks_s"] < parts["model forward"]
     assert set(results["peak_mb"]) == {4, 16}
     assert all(set(m) == {"trace", "plain"} for m in results["peak_mb"].values())

@@ -9,7 +9,13 @@ from lvlm_kit.generation import greedy_config
 from lvlm_kit.inputs import prepare_inputs
 from lvlm_kit.lens import Lens
 from lvlm_kit.surgery import ResidualRecorder
-from lvlm_kit.trace import _decode_prefixes, _decode_with_offsets, reduce_steps, topk_last
+from lvlm_kit.trace import (
+    _decode_prefixes,
+    _decode_with_offsets,
+    chunk_steps,
+    reduce_steps,
+    topk_last,
+)
 
 PROMPT = "Describe the image."
 
@@ -70,6 +76,45 @@ def test_chunking_does_not_change_results(llava_trace, tiny_llava):
                 torch.testing.assert_close(big[key], other, atol=1e-6, rtol=1e-5)
             else:
                 assert torch.equal(big[key], other), key
+
+
+@pytest.mark.parametrize("steps", [1, 5, 9])
+def test_reducing_while_generating_keeps_results_and_frees_residuals(
+    steps, tiny_llava, image, monkeypatch
+):
+    # chunk_mb sized for `steps` steps per chunk. When 12 steps of residuals (5 x 64 float32
+    # each) do not fit in it, trace reduces each chunk during generate() as soon as its
+    # tokens are known and holds no more than one chunk; otherwise it reduces after.
+    V, L1 = tiny_llava.anatomy.vocab_size, tiny_llava.anatomy.n_layers + 1
+    chunk_mb = steps * 4 * (L1 + 6) * V / 2**20
+    assert chunk_steps(chunk_mb, L1, V) == steps
+    streams = 12 * L1 * 64 * 4 > chunk_mb * 2**20
+    assert streams == (steps < 9)
+    held, calls = [], []
+    stacked = ResidualRecorder.stacked
+
+    def spy(self, start=0, stop=None):
+        held.append(sum(step is not None for step in self.steps))
+        calls.append((start, stop))
+        return stacked(self, start, stop)
+
+    monkeypatch.setattr(ResidualRecorder, "stacked", spy)
+    kw = dict(watch=["red"], dola_compat=True, skip=[1])
+    whole = trace(tiny_llava, image, PROMPT, 12, chunk_mb=1024, **kw)
+    assert calls == [(0, 12)]  # one chunk, after the generation
+    held.clear(), calls.clear()
+    chunked = trace(tiny_llava, image, PROMPT, 12, chunk_mb=chunk_mb, **kw)
+    assert calls == [(a, min(a + steps, 12)) for a in range(0, 12, steps)]
+    assert max(held) == (steps if streams else 12)
+    for key in ("token_ids", "topk_ids", "token_rank"):
+        assert torch.equal(getattr(whole, key), getattr(chunked, key)), key
+    for key in ("topk_probs", "token_prob", "entropy", "js", "js_dola", "watch_probs"):
+        a, b = getattr(whole, key), getattr(chunked, key)
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    held.clear()
+    kept = trace(tiny_llava, image, PROMPT, 12, chunk_mb=chunk_mb, keep_hidden=True, **kw)
+    assert max(held) == 12 and kept.hidden.shape == (12, L1, 64)
+    assert torch.equal(kept.js, chunked.js)
 
 
 def test_save_load_round_trip_exact(llava_trace, tmp_path):
