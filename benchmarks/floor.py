@@ -174,10 +174,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     T = Ts[1]
     results["split"] = s = split(lm, T)
+    # The work trace does beyond plain + floor, as a ratio that the machine's drift between
+    # rounds does not move: reductions, hooks and bookkeeping over the best plain + floor.
+    extra = s["parts_s"]["reductions"] + s["hooks_s"] + s["parts_s"]["bookkeeping"]
+    at = results["T"][T]
+    s["accounted_trace_vs_plain_plus_floor"] = 1 + extra / (at["plain_s"] + at["floor_s"])
     print(f"where trace's time goes at T={T} (torch.profiler, {s['profiled_s']:.2f}s profiled):")
     for name, sec in s["parts_s"].items():
         print(f"   {name:14s} {sec:6.3f}s  {sec / s['profiled_s']:6.1%}")
     print(f"   of the model forward: recording hooks {s['hooks_s']:.3f}s (timed inside the hooks)")
+    print(f"   work beyond plain + floor (reductions, hooks, bookkeeping): "
+          f"{s['accounted_trace_vs_plain_plus_floor']:.3f}x of plain + floor")  # fmt: skip
     print("   lens + reductions by operator (self time): " + ", ".join(
         f"{k.removeprefix('aten::')} {v:.3f}s" for k, v in s["top_ops_s"].items()))  # fmt: skip
 

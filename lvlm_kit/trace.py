@@ -340,7 +340,7 @@ class StepReducer:
     Each chunk's heads run as one product (``[L+1, c, d] @ [d, V]``); then, layer by layer,
     one log-softmax and one ``exp`` serve every reduction: entropy, the JS divergence to the
     previous layer, the emitted token's probability and rank, the top-k and the watched
-    probabilities. Working on one layer's ``[c, V]`` at a time keeps those passes in cache.
+    probabilities. Only one layer's ``[c, V]`` arrays (and the previous layer's) exist at once.
 
     Args:
         lens: the float32 lens.

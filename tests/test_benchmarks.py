@@ -60,5 +60,6 @@ def test_floor_benchmark_reports_ratios_split_and_memory(script, capsys):
     assert set(parts) == {"model forward", "lens products", "reductions", "bookkeeping"}
     assert parts["lens products"] > 0 and parts["model forward"] > 0
     assert 0 < results["split"]["hooks_s"] < parts["model forward"]
+    assert results["split"]["accounted_trace_vs_plain_plus_floor"] > 1
     assert set(results["peak_mb"]) == {4, 16, 32}
     assert all(set(m) == {"trace", "plain"} for m in results["peak_mb"].values())
