@@ -116,3 +116,16 @@ def test_recorder_removes_hooks(tiny_llava, image):
     assert all(not layer._forward_hooks for layer in tiny_llava.anatomy.layers)
     with pytest.raises(RuntimeError, match="no forward pass"):
         ResidualRecorder(tiny_llava.anatomy).stacked()
+
+
+def test_recorder_drops_steps_and_refuses_to_stack_them(tiny_llava, image):
+    inputs, _ = prepare_inputs(tiny_llava, image, "Describe the image.")
+    with ResidualRecorder(tiny_llava.anatomy) as rec, torch.inference_mode():
+        tiny_llava.model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    whole = rec.stacked()
+    assert whole.shape == (4, tiny_llava.anatomy.n_layers + 1, 64)
+    rec.drop(2)
+    assert rec.steps[:2] == [None, None]
+    assert torch.equal(rec.stacked(2), whole[2:]) and torch.equal(rec.stacked(3, 4), whole[3:])
+    with pytest.raises(RuntimeError, match="steps before 2 were dropped"):
+        rec.stacked()
