@@ -87,10 +87,8 @@ class Lens:
         """The residual-stream states as the head receives them: float32, normed by the policy.
 
         Args:
-            hidden: ``[..., d]`` states of lens layer ``layer``; or, with ``layer=None``,
-                ``[..., L+1, d]`` states of every lens layer 0..L (any dtype/device).
-            layer: the lens layer (0..L) all of ``hidden`` comes from, or None for a
-                stack of all layers.
+            hidden: states of one lens layer or a stack of all, as for :meth:`logits`.
+            layer: the lens layer, or None for a stack, as for :meth:`logits`.
 
         Returns:
             float32 states on the lens's device, the shape of ``hidden``.
