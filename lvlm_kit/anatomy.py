@@ -25,7 +25,11 @@ class Family:
         softcap: where the model's own head soft-caps its logits
             (``tanh(z / c) * c``): ``"config"`` or ``"text_config"`` (the attribute
             ``final_logit_softcapping`` there), or None when the model's forward never does.
-        scale: True when the model multiplies its logits by ``config.logit_scale`` (Cohere).
+        scale: where the model's forward multiplies its logits by ``logit_scale``:
+            ``"config"`` or ``"text_config"``, or None when it never does.
+        since: the transformers release from which the model's forward applies
+            ``softcap`` / ``scale`` (None: every supported release). Before it, the head
+            is expected to apply neither.
         chat: whether prompts go through a chat template (PaliGemma takes plain text; its
             processor puts the image tokens in front).
         packages: packages its processor needs beyond the kit's own.
@@ -33,15 +37,26 @@ class Family:
 
     kind: str
     softcap: str | None = None
-    scale: bool = False
+    scale: str | None = None
+    since: str | None = None
     chat: bool = True
     packages: tuple[str, ...] = ()
 
+    def applies_transform(self, transformers_version: str) -> bool:
+        """Whether ``softcap`` / ``scale`` apply under this transformers release."""
+        if self.since is None:
+            return True
+        from packaging.version import Version
+
+        return Version(transformers_version) >= Version(self.since)
+
 
 #: model_type -> what the kit does with it. The head transforms follow each model's own
-#: forward in transformers 5 (Gemma 3's and Aya Vision's image-text models apply neither
-#: the soft-cap nor the logit scale their text configs carry); the tests compare every
-#: family's last-layer lens with the model's own logits.
+#: forward in transformers 5 (Gemma 3's image-text model applies neither the soft-cap nor
+#: the logit scale its text config carries; Aya Vision's applies the logit scale from
+#: transformers 5.25 on). They are the *expected* transforms: the first lens of a loaded
+#: model measures the head against the model's own logits and raises
+#: :class:`HeadMismatchError` when they disagree (:func:`lvlm_kit.loading.check_head`).
 FAMILIES: dict[str, Family] = {
     "llava": Family("vision"),
     "llava_next": Family("vision"),
@@ -54,7 +69,7 @@ FAMILIES: dict[str, Family] = {
     "gemma3": Family("vision"),
     "paligemma": Family("vision", softcap="text_config", chat=False),
     "internvl": Family("vision"),
-    "aya_vision": Family("vision"),
+    "aya_vision": Family("vision", scale="text_config", since="5.25"),
     "mistral3": Family("vision", packages=("torchvision",)),
     "llama": Family("text"),
     "mistral": Family("text"),
@@ -63,8 +78,8 @@ FAMILIES: dict[str, Family] = {
     "gemma": Family("text"),
     "gemma2": Family("text", softcap="config"),
     "gemma3_text": Family("text", softcap="config"),
-    "cohere": Family("text", scale=True),
-    "cohere2": Family("text", scale=True),
+    "cohere": Family("text", scale="config"),
+    "cohere2": Family("text", scale="config"),
 }
 #: model_type -> kind ("vision" or "text") of every supported architecture.
 SUPPORTED: dict[str, str] = {name: family.kind for name, family in FAMILIES.items()}
@@ -204,11 +219,15 @@ def resolve_anatomy(model: nn.Module) -> Anatomy:
     text_config = getattr(config, "text_config", None) or config
     max_positions = getattr(text_config, "max_position_embeddings", None)
     family = FAMILIES[model_type]
-    softcap = None
-    if family.softcap is not None:
-        holder = text_config if family.softcap == "text_config" else config
-        softcap = getattr(holder, "final_logit_softcapping", None)
-    scale = getattr(model, "logit_scale", None) if family.scale else None
+    softcap = scale = None
+    import transformers
+
+    if family.applies_transform(transformers.__version__):
+        holders = {"config": config, "text_config": text_config}
+        if family.softcap is not None:
+            softcap = getattr(holders[family.softcap], "final_logit_softcapping", None)
+        if family.scale is not None:
+            scale = getattr(holders[family.scale], "logit_scale", None)
     layer_types = getattr(text_config, "layer_types", None)
     return Anatomy(
         model_type=model_type,

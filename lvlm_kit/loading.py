@@ -18,6 +18,7 @@ from torch import nn
 
 from .anatomy import FAMILIES, Anatomy, check_supported, resolve_anatomy
 from .lens import Lens, NormPolicy
+from .surgery import ResidualRecorder
 
 #: dtype names accepted by :func:`load_model`, mapped in this one place.
 DTYPES: dict[str, Any] = {
@@ -48,22 +49,32 @@ class LoadedModel:
     anatomy: Anatomy  # where its layers, norm and head are
     name: str  # the id or folder it was loaded from
     _lenses: dict[str, Lens] = field(default_factory=dict, repr=False, compare=False)
+    _head_checked: bool = field(default=False, repr=False, compare=False)
 
     def lens(self, norm: NormPolicy = "final_norm") -> Lens:
         """The model's float32 :class:`~lvlm_kit.lens.Lens` for ``norm``, built on first use.
 
         The lens holds a float32 copy of the final norm and language head, made once per
         norm policy (about 525 MB for LLaVA-1.5-7B's head in bf16 or 4-bit, none for a
-        float32 model). After changing the model's head or norm weights, call
-        :meth:`forget_lens` so the next call rebuilds it.
+        float32 model). The first lens is checked against the model's own logits
+        (:func:`check_head`). After changing the model's head or norm weights, call
+        :meth:`forget_lens` so the next call rebuilds and re-checks it.
+
+        Raises:
+            HeadMismatchError: the lens's last layer does not reproduce the model's logits.
         """
         if norm not in self._lenses:
-            self._lenses[norm] = Lens(self.anatomy, norm)
+            lens = Lens(self.anatomy, norm)
+            if not self._head_checked:
+                check_head(self, lens)
+                self._head_checked = True
+            self._lenses[norm] = lens
         return self._lenses[norm]
 
     def forget_lens(self) -> None:
-        """Drop the cached lenses (their float32 copies are rebuilt on next use)."""
+        """Drop the cached lenses (their float32 copies are rebuilt and checked on next use)."""
         self._lenses.clear()
+        self._head_checked = False
 
     @property
     def quantization(self) -> str | None:
@@ -99,6 +110,88 @@ class LoadedModel:
     def input_device(self) -> torch.device:
         """Device of the input embeddings (where input tensors must go)."""
         return self.anatomy.embed_tokens.weight.device
+
+
+class HeadMismatchError(RuntimeError):
+    """The lens's last layer does not reproduce the model's own logits."""
+
+
+def _config_value(model: nn.Module, name: str) -> float | None:
+    """``name`` from the model's config, its text config, or the model itself, if set."""
+    config = model.config
+    for holder in (config, getattr(config, "text_config", None), model):
+        value = getattr(holder, name, None) if holder is not None else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value:
+            return float(value)
+    return None
+
+
+def check_head(loaded: LoadedModel, lens: Lens, n_tokens: int = 6) -> dict[str, float]:
+    """Check that ``lens`` at the last layer reproduces the model's logits on one forward pass.
+
+    Runs the model on ``n_tokens`` text tokens, decodes the last decoder layer's states with
+    the lens, and compares them with the model's logits. The lens applies the transform that
+    :data:`~lvlm_kit.anatomy.FAMILIES` expects for this transformers release (bias, logit
+    scale, soft-cap); where it disagrees, the transforms the config could mean (none, the
+    logit scale, the soft-cap) are measured too, so the error says which one the model's
+    forward applies.
+
+    Args:
+        loaded: the model.
+        lens: its lens (either norm policy: both agree at the last layer).
+        n_tokens: length of the probe sequence.
+
+    Returns:
+        The largest absolute difference per transform tried, relative to ``1 + max|logits|``
+        (only ``"expected"`` when that one matched).
+
+    Raises:
+        HeadMismatchError: the expected transform is off by more than the tolerance (1e-3 in
+            float32, 3e-2 for half precision or quantized weights); the message names the
+            model class, the transformers version and what the model's logits match.
+    """
+    import transformers
+
+    anatomy, model = loaded.anatomy, loaded.model
+    ids = [i for i in range(1, min(lens.vocab_size, 64)) if i != anatomy.image_token_id]
+    ids = torch.tensor([ids[:n_tokens]], device=loaded.input_device)
+    with torch.inference_mode(), ResidualRecorder(anatomy, all_positions=True) as rec:
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]
+    logits = logits.to(lens.device, torch.float32)  # [T, V]
+    normed = lens.normed(rec.stacked()[0][-1], layer=anatomy.n_layers)  # [T, d]
+    scale_of = 1.0 + float(logits.abs().max())
+    exact = model.dtype == torch.float32 and loaded.quantization is None
+    tol = 1e-3 if exact else 3e-2
+
+    def error(product: torch.Tensor) -> float:
+        return float((product - logits).abs().max()) / scale_of
+
+    errors = {"expected": error(lens.project(normed))}
+    if errors["expected"] <= tol:
+        return errors
+    raw = normed @ lens.weight.T + (0 if lens.bias is None else lens.bias)
+    errors["none"] = error(raw)
+    scale, cap = _config_value(model, "logit_scale"), _config_value(model, "final_logit_softcapping")
+    if scale is not None:
+        errors[f"logit scale {scale:g}"] = error(raw * scale)
+    if cap is not None:
+        errors[f"soft-cap {cap:g}"] = error(torch.tanh(raw / cap) * cap)
+    matches = [name for name, e in errors.items() if name != "expected" and e <= tol]
+    expected = (
+        f"soft-cap {anatomy.softcap:g}" if anatomy.softcap else
+        f"logit scale {anatomy.logit_scale:g}" if anatomy.logit_scale else "none"
+    )  # fmt: skip
+    found = f"the model's logits match: {matches[0]}" if matches else (
+        "no transform the config names (none, logit scale, soft-cap) matches the logits"
+    )  # fmt: skip
+    raise HeadMismatchError(
+        f"the lens's last layer does not reproduce the logits of {type(model).__name__} "
+        f"(model_type={anatomy.model_type!r}) under transformers {transformers.__version__}: "
+        f"lvlm_kit.anatomy.FAMILIES expects the head transform {expected} (error "
+        f"{errors['expected']:.3g} of the logits' scale, tolerance {tol:g}); {found}. Update "
+        f"FAMILIES[{anatomy.model_type!r}] (its `softcap`, `scale` or `since`) for this "
+        "transformers release, or install the release the lock names (requirements/)."
+    )
 
 
 def resolve_source(id_or_dir: str | Path) -> str:
@@ -441,6 +534,8 @@ def load_model(
             error names them and the ``skip_modules`` that fixes it).
         NotImplementedError: an unsupported architecture (before any weight is loaded).
         OSError: a hub id that cannot be found locally or downloaded.
+        HeadMismatchError: the lens's last layer does not reproduce the model's logits
+            (:func:`check_head`).
     """
     import transformers
     from transformers import AutoConfig
@@ -490,4 +585,6 @@ def load_model(
     model.eval()
     processor = load_processor(source, kind, **hub)
     anatomy = resolve_anatomy(model)
-    return LoadedModel(model=model, processor=processor, anatomy=anatomy, name=str(id_or_dir))
+    loaded = LoadedModel(model=model, processor=processor, anatomy=anatomy, name=str(id_or_dir))
+    loaded.lens()  # checks the head against the model's logits (check_head)
+    return loaded

@@ -7,21 +7,31 @@ the tokens of plain greedy ``generate``, and skipping layers with the KV cache g
 tokens of a no-cache recompute.
 """
 
+import dataclasses
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
+import transformers
 from conftest import contrast_step, run_notebook
 from families import FAMILIES, save_tiny
+from packaging.version import Version
 
 from lvlm_kit import load_model, trace
 from lvlm_kit.anatomy import FAMILIES as KIT_FAMILIES
-from lvlm_kit.anatomy import UNSUPPORTED, check_supported
+from lvlm_kit.anatomy import UNSUPPORTED, check_supported, resolve_anatomy
 from lvlm_kit.generation import greedy_config
 from lvlm_kit.inputs import prepare_inputs
-from lvlm_kit.loading import _without_video, torchvision_available
+from lvlm_kit.loading import (
+    HeadMismatchError,
+    LoadedModel,
+    _without_video,
+    check_head,
+    torchvision_available,
+)
 from lvlm_kit.surgery import ResidualRecorder, skip_layers
 
 PROMPT = "Describe the image."
@@ -104,12 +114,45 @@ def test_last_layer_lens_equals_the_models_logits(family):
     lensed = lm.lens().logits(residuals[-1], layer=lm.anatomy.n_layers)
     torch.testing.assert_close(lensed, logits.float(), atol=1e-4, rtol=1e-4)
     transform = (lm.anatomy.softcap, lm.anatomy.logit_scale)
+    aya_scales = Version(transformers.__version__) >= Version("5.25")
     if name in ("paligemma", "gemma2", "gemma3_text"):
         assert transform == (30.0, None)  # these heads soft-cap
-    elif name in ("cohere", "cohere2"):
-        assert transform == (None, 0.25)  # these scale
+    elif name in ("cohere", "cohere2") or (name == "aya_vision" and aya_scales):
+        assert transform == (None, 0.25)  # these scale (Aya Vision from transformers 5.25)
     else:
-        assert transform == (None, None)  # Gemma 3 and Aya Vision's LVLM heads do neither
+        assert transform == (None, None)  # Gemma 3's LVLM head does neither
+
+
+TRANSFORMED = ["paligemma", "gemma2", "gemma3_text", "cohere", "cohere2", "aya_vision"]
+
+
+@pytest.mark.parametrize("name", TRANSFORMED)
+def test_the_head_transform_is_measured_against_the_logits(name, tmp_path, monkeypatch):
+    lm = load_model(save_tiny(name, tmp_path), dtype="float32")  # checks at load
+    with torch.no_grad():  # logits of a few hundred: a soft-cap of 30 is far from the identity
+        lm.anatomy.lm_head.weight.mul_(300.0 / lm.anatomy.lm_head.weight.abs().max())
+    lm.forget_lens()
+    errors = check_head(lm, lm.lens())
+    assert errors["expected"] < 1e-5 and list(errors) == ["expected"]
+    # A planted mismatch: the family entry forgets its transform.
+    wrong = dataclasses.replace(KIT_FAMILIES[lm.anatomy.model_type], softcap=None, scale=None)
+    monkeypatch.setitem(KIT_FAMILIES, lm.anatomy.model_type, wrong)
+    planted = LoadedModel(lm.model, lm.processor, resolve_anatomy(lm.model), name)
+    kind = "soft-cap 30" if name in TRANSFORMED[:3] else "logit scale 0.25"
+    message = (rf"{type(lm.model).__name__} .*transformers {re.escape(transformers.__version__)}"
+               rf": .*expects the head transform none .*the model's logits match: {kind}")
+    with pytest.raises(HeadMismatchError, match=message):
+        planted.lens()
+
+
+@pytest.mark.parametrize("name", ["cohere", "aya_vision"])
+def test_a_family_entry_with_the_wrong_transform_fails_at_load(name, tmp_path, monkeypatch):
+    folder = save_tiny(name, tmp_path)
+    model_type = load_model(folder, dtype="float32").anatomy.model_type
+    wrong = dataclasses.replace(KIT_FAMILIES[model_type], scale=None)
+    monkeypatch.setitem(KIT_FAMILIES, model_type, wrong)
+    with pytest.raises(HeadMismatchError, match="the model's logits match: logit scale 0.25"):
+        load_model(folder, dtype="float32")
 
 
 def test_trace_emits_the_tokens_of_greedy_generate(family):
