@@ -171,7 +171,8 @@ def check_head(loaded: LoadedModel, lens: Lens, n_tokens: int = 6) -> dict[str, 
         return errors
     raw = normed @ lens.weight.T + (0 if lens.bias is None else lens.bias)
     errors["none"] = error(raw)
-    scale, cap = _config_value(model, "logit_scale"), _config_value(model, "final_logit_softcapping")
+    scale = _config_value(model, "logit_scale")
+    cap = _config_value(model, "final_logit_softcapping")
     if scale is not None:
         errors[f"logit scale {scale:g}"] = error(raw * scale)
     if cap is not None:

@@ -18,6 +18,7 @@ def pins(lock: Path) -> list[str]:
 
 
 def main() -> int:
+    """Write environment.yml."""
     torch = pins(ROOT / "requirements" / "torch.txt")
     lines = [
         "# conda env create -f environment.yml && conda activate lvlm-kit",

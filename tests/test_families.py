@@ -139,8 +139,10 @@ def test_the_head_transform_is_measured_against_the_logits(name, tmp_path, monke
     monkeypatch.setitem(KIT_FAMILIES, lm.anatomy.model_type, wrong)
     planted = LoadedModel(lm.model, lm.processor, resolve_anatomy(lm.model), name)
     kind = "soft-cap 30" if name in TRANSFORMED[:3] else "logit scale 0.25"
-    message = (rf"{type(lm.model).__name__} .*transformers {re.escape(transformers.__version__)}"
-               rf": .*expects the head transform none .*the model's logits match: {kind}")
+    message = (
+        rf"{type(lm.model).__name__} .*transformers {re.escape(transformers.__version__)}"
+        rf": .*expects the head transform none .*the model's logits match: {kind}"
+    )
     with pytest.raises(HeadMismatchError, match=message):
         planted.lens()
 
