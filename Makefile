@@ -58,7 +58,7 @@ test-torchvision: $(TV_STAMP)
 test-latest:
 	test -x $(LATEST_PY) || $(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_PY) $(PIP) "$(TORCH)"
-	$(LATEST_PY) $(PIP) --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST_PY) $(PIP) --upgrade --upgrade-strategy eager -c requirements/torch.txt -e ".[dev]"
 	$(LATEST_PY) -m pip list --format=freeze | grep -iE '^(transformers|accelerate|bitsandbytes|numpy|tokenizers)=='
 	$(LATEST_PY) -m pytest -q -p no:cacheprovider -n 2 --timeout=600 tests/test_families.py \
 		tests/test_anatomy.py tests/test_lens.py tests/test_loading.py -m "not torchvision and not kernels"
