@@ -1,22 +1,23 @@
-"""The paper's claims as statistics with confidence intervals, checked against a control.
+"""The paper's claims as statistics with confidence intervals, checked against noise controls.
 
 Each claim of the paper is one function here. It turns what a notebook measured into one
 number (the *statistic*), compares it with a threshold that says in numbers what the
 paper says in words (every threshold is a field of :class:`ClaimConfig`), and gives a
 bootstrap 95% confidence interval over the units that were sampled (images, or tokens of
-the one image of §5). The same analysis on a random-weight copy of the model
-(:func:`random_control`: same architecture and config, re-initialised) is part of every
-verdict:
+the one image of §5). The same analysis on noise controls of the model (:func:`controls`:
+a re-initialised copy, and a copy whose weights are permuted inside each tensor, with the
+model's own weight norms and spectra) is part of every verdict:
 
-- ``shown``: the interval lies on the claim's side of the threshold on the model, and the
-  control's interval lies on the other side, or the control has no value (for example a
-  random model that generates no function words; a statistic that holds on noise says
-  nothing);
-- ``not shown``: the interval lies on the other side on the model, or the control shows it
-  as well;
+- ``shown``: the interval lies on the claim's side of the threshold on the model, and
+  every control's interval lies on the other side;
+- ``not shown``: the interval lies on the other side on the model, or a control shows it
+  as well (a statistic that holds on noise says nothing);
 - ``inconclusive``: the model's interval straddles the threshold (more images would
-  tell), the statistic cannot be computed, or the model shows it and the control's
-  interval straddles the threshold (random weights might show it too).
+  tell), the statistic cannot be computed, or the model shows it and a control's interval
+  straddles the threshold (noise might show it too);
+- ``inconclusive (no control)``: the model shows it, but a control is missing or has no
+  value (for example no function words on random weights): without a control there is
+  nothing the model was shown to beat.
 
 Layers are lens layers 0..L (0 is the embedding output); claims that name a layer also give
 it as relative depth j / L, so the testbed's 3 of 12 reads beside the paper's ~18-20 of 32.
@@ -27,7 +28,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,11 +44,14 @@ from .trace import Trace
 if TYPE_CHECKING:
     import pandas as pd
 
-#: Added to the seed of :func:`random_control`.
+#: Added to the seed of :func:`random_control` and :func:`permuted_control`.
 CONTROL_SEED_OFFSET = 7919
+#: The noise controls every paper claim is measured on (:func:`controls`).
+CONTROL_KINDS: tuple[str, ...] = ("re-initialised", "permuted")
 
 Holds = Literal["yes", "no", "inconclusive"]
-Verdict = Literal["shown", "not shown", "inconclusive"]
+Verdict = Literal["shown", "not shown", "inconclusive", "inconclusive (no control)"]
+VERDICTS: tuple[str, ...] = ("shown", "not shown", "inconclusive", "inconclusive (no control)")
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ class Estimate:
 
 @dataclass
 class ClaimResult:
-    """One claim of the paper, measured on a model and on its random-weight control."""
+    """One claim of the paper, measured on a model and on its noise controls."""
 
     number: int
     key: str
@@ -132,16 +136,19 @@ class ClaimResult:
     statistic: str  # what is measured
     rule: str  # the statistic's threshold, e.g. ">= 10"
     model: Estimate
-    control: Estimate | None  # None: the control could not be measured (see notes)
+    controls: dict[str, Estimate | None]  # control name -> estimate (None: not measurable)
     verdict: Verdict
     notes: list[str] = field(default_factory=list)
 
+    def controls_text(self) -> str:
+        """``re-initialised 0.6 [0.5, 0.7]; permuted n/a``."""
+        return control_text(self.controls)
+
     def sentence(self) -> str:
         """One line a notebook prints."""
-        control = self.control.text() if self.control else "n/a"
         return (
             f"Claim {self.number} ({self.figure}) {self.paper} — {self.statistic} = "
-            f"{self.model.text()} (rule {self.rule}; random-weight control {control}): "
+            f"{self.model.text()} (rule {self.rule}; controls: {self.controls_text()}): "
             f"{self.verdict.upper()}."
         )
 
@@ -250,17 +257,31 @@ def estimate(
     return Estimate(value, low, high, holds, n)
 
 
-def decide(model: Estimate, control: Estimate | None) -> Verdict:
-    """Verdict from the model's and the control's estimates (see the module docstring)."""
+def decide(model: Estimate, controls: Mapping[str, Estimate | None]) -> Verdict:
+    """Verdict from the model's and the controls' estimates (see the module docstring)."""
     if model.holds == "no":
         return "not shown"
     if model.holds == "inconclusive":
         return "inconclusive"
-    if control is not None and control.holds == "yes":
+    measured = [c for c in controls.values() if c is not None and not math.isnan(c.value)]
+    if any(c.holds == "yes" for c in measured):
         return "not shown"
-    if control is not None and control.holds == "inconclusive" and not math.isnan(control.value):
-        return "inconclusive"  # random weights might show it too
+    if not controls or len(measured) < len(controls):
+        return "inconclusive (no control)"
+    if any(c.holds == "inconclusive" for c in measured):
+        return "inconclusive"  # noise might show it too
     return "shown"
+
+
+def control_text(controls: Mapping[str, Estimate | dict | None]) -> str:
+    """``re-initialised 0.6 [0.5, 0.7]; permuted n/a`` (estimates or their dicts)."""
+    if not controls:
+        return "none"
+    parts = []
+    for name, e in controls.items():
+        e = Estimate(**e) if isinstance(e, dict) else e
+        parts.append(f"{name} {e.text() if e is not None else 'n/a'}")
+    return "; ".join(parts)
 
 
 def claim(
@@ -270,12 +291,12 @@ def claim(
     threshold: float,
     make: Callable[[Any], tuple[Callable[..., float], Sequence[int]]],
     model_data: Any,
-    control_data: Any,
+    controls: Mapping[str, Any],
     cfg: ClaimConfig,
     n_boot: int | None = None,
     notes: Sequence[str] = (),
 ) -> ClaimResult:
-    """Measure one claim on the model and its control with the same analysis.
+    """Measure one claim on the model and its controls with the same analysis.
 
     Args:
         number: the claim's number in :data:`PAPER`.
@@ -284,34 +305,46 @@ def claim(
         threshold: the claim's threshold (a :class:`ClaimConfig` field).
         make: turns one model's data into ``(stat, sizes)`` for :func:`estimate`.
         model_data: what was measured on the model.
-        control_data: the same measured on the random-weight control (None when the
-            analysis does not exist there, e.g. no skip preset; it then cannot hold).
+        controls: control name -> the same measured on that control (None when the
+            analysis does not exist there, e.g. no skip preset: the verdict is then at best
+            ``inconclusive (no control)``).
         cfg: the configuration.
         n_boot: resamples, if not ``cfg.n_boot``.
         notes: extra lines for the report.
     """
+    if not isinstance(controls, Mapping):
+        raise TypeError(
+            "controls must map a control's name to its data, e.g. {'re-initialised': ..., "
+            "'permuted': ...} (see claims.controls)."
+        )
     key, paper, figure, paper_number = PAPER[number]
     model = estimate(*make(model_data), rule, threshold, cfg, n_boot)
-    cache = getattr(control_data, "estimates", None)  # a control shared by several claims
-    if control_data is None:
-        control = None
-    elif cache is not None and (number, cfg) in cache:
-        control = cache[(number, cfg)]
-    else:
-        control = estimate(*make(control_data), rule, threshold, cfg, n_boot)
-        if cache is not None:
-            cache[(number, cfg)] = control
+    estimates: dict[str, Estimate | None] = {}
     notes = list(notes)
-    if control is None:
-        notes.append("the control has no such measurement (it cannot show the claim)")
-    elif control.holds == "yes":
-        notes.append("the statistic holds on random weights too, so it says nothing here")
-    elif control.holds == "inconclusive" and not math.isnan(control.value):
-        notes.append("on random weights the interval straddles the threshold: they might "
-                     "show it too")  # fmt: skip
+    for name, data in controls.items():
+        cache = getattr(data, "estimates", None)  # a control shared by several claims
+        if data is None:
+            estimates[name] = None
+        elif cache is not None and (number, cfg) in cache:
+            estimates[name] = cache[(number, cfg)]
+        else:
+            estimates[name] = estimate(*make(data), rule, threshold, cfg, n_boot)
+            if cache is not None:
+                cache[(number, cfg)] = estimates[name]
+        e = estimates[name]
+        if e is None or math.isnan(e.value):
+            notes.append(f"the {name} control has no value for this statistic, so the model "
+                         "was not shown to beat it")  # fmt: skip
+        elif e.holds == "yes":
+            notes.append(f"the statistic holds on the {name} control too, so it says nothing")
+        elif e.holds == "inconclusive":
+            notes.append(f"on the {name} control the interval straddles the threshold: noise "
+                         "might show it too")  # fmt: skip
+    if not controls:
+        notes.append("no control was measured")
     return ClaimResult(
         number, key, paper, figure, paper_number, statistic, f"{rule} {threshold:g}",
-        model, control, decide(model, control), notes,
+        model, estimates, decide(model, estimates), notes,
     )  # fmt: skip
 
 
@@ -335,6 +368,51 @@ def random_control(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
         raise RuntimeError("the random-weight control equals the model; pass another seed.")
     fresh.generation_config = copy.deepcopy(model.generation_config)
     return LoadedModel(fresh, loaded.processor, resolve_anatomy(fresh), f"{loaded.name} (random)")
+
+
+def permuted_control(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
+    """A copy of ``loaded`` whose weights are permuted inside each tensor (seeded).
+
+    Every parameter tensor keeps its own entries, shuffled: the same values, norms and
+    spread as the trained model, with no learnt structure. A stronger negative control than
+    re-initialisation, whose small, even weights leave the residual stream nearly
+    unchanged from layer to layer. Buffers (rotary frequencies, position ids) are kept.
+    Tied weights stay tied (each tensor is permuted once).
+
+    Raises:
+        ValueError: a quantized model (permute its full-precision checkpoint instead).
+    """
+    from .anatomy import resolve_anatomy
+
+    if loaded.quantization is not None:
+        raise ValueError(
+            f"permuted_control needs full-precision weights; {loaded.name} is "
+            f"{loaded.quantization}. Load it without quantization for the control."
+        )
+    model = loaded.model
+    config = copy.deepcopy(model.config)
+    fresh = type(model)(config).to(dtype=model.dtype, device=loaded.input_device).eval()
+    source = dict(model.named_parameters())
+    gen = torch.Generator().manual_seed(CONTROL_SEED_OFFSET + seed)
+    with torch.no_grad():
+        for name, param in fresh.named_parameters():
+            w = source[name].detach()
+            perm = torch.randperm(w.numel(), generator=gen).to(w.device)
+            param.copy_(w.reshape(-1)[perm].reshape(w.shape))
+    fresh.generation_config = copy.deepcopy(model.generation_config)
+    return LoadedModel(fresh, loaded.processor, resolve_anatomy(fresh), f"{loaded.name} (permuted)")
+
+
+def controls(loaded: LoadedModel, seed: int = 0) -> dict[str, LoadedModel]:
+    """The noise controls of ``loaded``, by name (:data:`CONTROL_KINDS`).
+
+    ``"re-initialised"`` (:func:`random_control`) and ``"permuted"``
+    (:func:`permuted_control`): a claim is shown only when the model beats both.
+    """
+    return {
+        "re-initialised": random_control(loaded, seed),
+        "permuted": permuted_control(loaded, seed),
+    }
 
 
 def _pick(per_unit: Sequence[np.ndarray], idx: np.ndarray) -> np.ndarray:
@@ -367,7 +445,9 @@ class TraceSet:
         return cls(list(traces), detect_stages(traces))
 
 
-def near_zero_shallow(model: TraceSet, control: TraceSet, cfg: ClaimConfig) -> ClaimResult:
+def near_zero_shallow(
+    model: TraceSet, controls: Mapping[str, TraceSet], cfg: ClaimConfig
+) -> ClaimResult:
     """Claim 1: mean p(emitted) in layers 0..c-1 as a share of its mean at the last layer."""
 
     def make(ts: TraceSet):
@@ -382,11 +462,11 @@ def near_zero_shallow(model: TraceSet, control: TraceSet, cfg: ClaimConfig) -> C
 
     c, L = model.stages.critical_layer, model.stages.n_layers
     return claim(1, "mean p(emitted) before the critical layer / at the last layer", "<=",
-                 cfg.near_zero_share, make, model, control, cfg,
+                 cfg.near_zero_share, make, model, controls, cfg,
                  notes=[f"critical layer {relative(c, L)}"])  # fmt: skip
 
 
-def sharp_rise(model: TraceSet, control: TraceSet, cfg: ClaimConfig) -> ClaimResult:
+def sharp_rise(model: TraceSet, controls: Mapping[str, TraceSet], cfg: ClaimConfig) -> ClaimResult:
     """Claim 2: the largest gain of the mean p(emitted) within a tenth of the depth."""
 
     def make(ts: TraceSet):
@@ -404,12 +484,14 @@ def sharp_rise(model: TraceSet, control: TraceSet, cfg: ClaimConfig) -> ClaimRes
     w = max(1, round(cfg.rise_window * L))
     where = int(np.argmax(curve[w:] - curve[:-w])) + w
     return claim(2, f"largest rise of mean p(emitted) over {w} layer(s)", ">=", cfg.sharp_rise,
-                 make, model, control, cfg,
+                 make, model, controls, cfg,
                  notes=[f"steepest rise into layer {relative(where, L)}; critical layer "
                         f"{relative(model.stages.critical_layer, L)}"])  # fmt: skip
 
 
-def content_keeps_changing(model: TraceSet, control: TraceSet, cfg: ClaimConfig) -> ClaimResult:
+def content_keeps_changing(
+    model: TraceSet, controls: Mapping[str, TraceSet], cfg: ClaimConfig
+) -> ClaimResult:
     """Claim 3: top-1 switches after c per content token minus per function token."""
 
     def make(ts: TraceSet):
@@ -432,13 +514,13 @@ def content_keeps_changing(model: TraceSet, control: TraceSet, cfg: ClaimConfig)
         return stat, [len(per_image)]
 
     return claim(3, "top-1 switches after the critical layer: content − function tokens", ">=",
-                 cfg.switch_gap, make, model, control, cfg)  # fmt: skip
+                 cfg.switch_gap, make, model, controls, cfg)  # fmt: skip
 
 
 # ---- §4: divergence and stages (Fig. 4) ---------------------------------------------------
 
 
-def js_split(model: TraceSet, control: TraceSet, cfg: ClaimConfig) -> ClaimResult:
+def js_split(model: TraceSet, controls: Mapping[str, TraceSet], cfg: ClaimConfig) -> ClaimResult:
     """Claim 6: mean adjacent JS before the critical split over the mean after it."""
 
     def make(ts: TraceSet):
@@ -453,7 +535,7 @@ def js_split(model: TraceSet, control: TraceSet, cfg: ClaimConfig) -> ClaimResul
 
     split = relative(model.stages.critical_layer, model.stages.n_layers)
     return claim(6, "shallow / deep mean adjacent-layer JS", ">=", cfg.split_ratio, make, model,
-                 control, cfg, notes=[f"split at layer {split}"])  # fmt: skip
+                 controls, cfg, notes=[f"split at layer {split}"])  # fmt: skip
 
 
 def _two_classes(rows: np.ndarray, cfg: ClaimConfig) -> bool:
@@ -476,7 +558,9 @@ def _token_flags(ts: TraceSet) -> list[np.ndarray]:
     return out
 
 
-def entities_rise_again(model: TraceSet, control: TraceSet, cfg: ClaimConfig) -> ClaimResult:
+def entities_rise_again(
+    model: TraceSet, controls: Mapping[str, TraceSet], cfg: ClaimConfig
+) -> ClaimResult:
     """Claim 7: share of content tokens with a deep mutation minus that of function tokens."""
 
     def make(ts: TraceSet):
@@ -492,10 +576,12 @@ def entities_rise_again(model: TraceSet, control: TraceSet, cfg: ClaimConfig) ->
         return stat, [len(flags)]
 
     return claim(7, "share mutating in deep layers: content − function tokens", ">",
-                 cfg.more_often, make, model, control, cfg)  # fmt: skip
+                 cfg.more_often, make, model, controls, cfg)  # fmt: skip
 
 
-def three_stages(model: TraceSet, control: TraceSet, cfg: ClaimConfig) -> ClaimResult:
+def three_stages(
+    model: TraceSet, controls: Mapping[str, TraceSet], cfg: ClaimConfig
+) -> ClaimResult:
     """Claim 8: whether three stages are found (1 or 0), over resampled images."""
 
     def make(ts: TraceSet):
@@ -510,7 +596,7 @@ def three_stages(model: TraceSet, control: TraceSet, cfg: ClaimConfig) -> ClaimR
 
     st = model.stages
     return claim(8, "three stages found (share of resamples)", ">=", cfg.stages_found, make, model,
-                 control, cfg, n_boot=cfg.n_boot_stages,
+                 controls, cfg, n_boot=cfg.n_boot_stages,
                  notes=[f"critical layer {relative(st.critical_layer, st.n_layers)}, mutation "
                         f"layers {st.mutation_layers}"])  # fmt: skip
 
@@ -554,7 +640,7 @@ def labelled_tokens(
 
 
 def hallucinations_mutate(
-    model: LabelledTokens, control: LabelledTokens, cfg: ClaimConfig
+    model: LabelledTokens, controls: Mapping[str, LabelledTokens], cfg: ClaimConfig
 ) -> ClaimResult:
     """Claim 4: share of hallucinated tokens with a deep mutation minus correct ones'."""
 
@@ -570,11 +656,11 @@ def hallucinations_mutate(
         return stat, [len(data.per_image)]
 
     return claim(4, "share with a deep mutation: hallucinated − correct object tokens", ">",
-                 cfg.more_often, make, model, control, cfg)  # fmt: skip
+                 cfg.more_often, make, model, controls, cfg)  # fmt: skip
 
 
 def correct_leads_first(
-    model: LabelledTokens, control: LabelledTokens, cfg: ClaimConfig
+    model: LabelledTokens, controls: Mapping[str, LabelledTokens], cfg: ClaimConfig
 ) -> ClaimResult:
     """Claim 5: share of hallucinated tokens whose runner-up led just before they overtook."""
 
@@ -587,7 +673,7 @@ def correct_leads_first(
         return stat, [len(data.per_image)]
 
     return claim(5, "share of hallucinated tokens overtaking a leading runner-up after the "
-                 "critical layer", ">=", cfg.often, make, model, control, cfg)  # fmt: skip
+                 "critical layer", ">=", cfg.often, make, model, controls, cfg)  # fmt: skip
 
 
 # ---- §4: skipping (Fig. 5) ------------------------------------------------------------------
@@ -663,17 +749,21 @@ def preset_counts(
     return PresetCounts(nouns, hallucinated, overlap), texts
 
 
-def skip1_keeps(model: PresetCounts, control: PresetCounts, cfg: ClaimConfig) -> ClaimResult:
+def skip1_keeps(
+    model: PresetCounts, controls: Mapping[str, PresetCounts], cfg: ClaimConfig
+) -> ClaimResult:
     """Claim 9: mean word overlap of skip.1's output with plain decoding."""
 
     def make(c: PresetCounts):
         return (lambda idx: float(c.overlap["skip1"][idx].mean())), [len(c.overlap["skip1"])]
 
     return _preset_claim(9, "word overlap of skip.1 with plain decoding", ">=", cfg.keeps_output,
-                         make, model, control, cfg, ("skip1",))  # fmt: skip
+                         make, model, controls, cfg, ("skip1",))  # fmt: skip
 
 
-def skip2_fewer(model: PresetCounts, control: PresetCounts, cfg: ClaimConfig) -> ClaimResult:
+def skip2_fewer(
+    model: PresetCounts, controls: Mapping[str, PresetCounts], cfg: ClaimConfig
+) -> ClaimResult:
     """Claim 10: CHAIR of plain decoding minus CHAIR with the mutation layers skipped."""
 
     def make(c: PresetCounts):
@@ -682,10 +772,12 @@ def skip2_fewer(model: PresetCounts, control: PresetCounts, cfg: ClaimConfig) ->
         ]
 
     return _preset_claim(10, "CHAIR plain − CHAIR skip.2", ">", cfg.fewer_hallucinations,
-                         make, model, control, cfg, ("skip2",))  # fmt: skip
+                         make, model, controls, cfg, ("skip2",))  # fmt: skip
 
 
-def skip3_more(model: PresetCounts, control: PresetCounts, cfg: ClaimConfig) -> ClaimResult:
+def skip3_more(
+    model: PresetCounts, controls: Mapping[str, PresetCounts], cfg: ClaimConfig
+) -> ClaimResult:
     """Claim 11: CHAIR with skip.3 minus CHAIR with skip.2."""
 
     def make(c: PresetCounts):
@@ -694,10 +786,10 @@ def skip3_more(model: PresetCounts, control: PresetCounts, cfg: ClaimConfig) -> 
         ]
 
     return _preset_claim(11, "CHAIR skip.3 − CHAIR skip.2", ">", cfg.fewer_hallucinations,
-                         make, model, control, cfg, ("skip2", "skip3"))  # fmt: skip
+                         make, model, controls, cfg, ("skip2", "skip3"))  # fmt: skip
 
 
-def _preset_claim(number, statistic, rule, threshold, make, model, control, cfg, needs):
+def _preset_claim(number, statistic, rule, threshold, make, model, controls, cfg, needs):
     def has(c: PresetCounts | None) -> bool:
         return c is not None and all(n in c.nouns for n in needs)
 
@@ -706,9 +798,10 @@ def _preset_claim(number, statistic, rule, threshold, make, model, control, cfg,
         nan = Estimate(math.nan, math.nan, math.nan, "inconclusive", 0)
         why = f"the detected stages define no {' / '.join(needs)} preset"
         return ClaimResult(number, key, paper, figure, paper_number, statistic,
-                           f"{rule} {threshold:g}", nan, None, "inconclusive", [why])  # fmt: skip
+                           f"{rule} {threshold:g}", nan, dict.fromkeys(controls), "inconclusive",
+                           [why])  # fmt: skip
     return claim(number, statistic, rule, threshold, make, model,
-                 control if has(control) else None, cfg)  # fmt: skip
+                 {k: c if has(c) else None for k, c in controls.items()}, cfg)  # fmt: skip
 
 
 # ---- §5: features (Figs. 6-7) ---------------------------------------------------------------
@@ -719,12 +812,14 @@ def _spreads(xy: np.ndarray) -> np.ndarray:
     return np.linalg.norm(xy - xy.mean(0, keepdims=True), axis=-1).mean(0)
 
 
-def tokens_diverge(model: np.ndarray, control: np.ndarray, cfg: ClaimConfig) -> ClaimResult:
+def tokens_diverge(
+    model: np.ndarray, controls: Mapping[str, np.ndarray], cfg: ClaimConfig
+) -> ClaimResult:
     """Claim 12: 2-D spread of the deep half of the layers over that of layers 1-2.
 
     Args:
         model: ``[tokens, layers 1..L, 2]`` projected features of one image's tokens.
-        control: the same for the random-weight control.
+        controls: control name -> the same for that noise control.
         cfg: the configuration.
     """
 
@@ -738,15 +833,15 @@ def tokens_diverge(model: np.ndarray, control: np.ndarray, cfg: ClaimConfig) -> 
         return stat, [xy.shape[0]]
 
     return claim(12, "t-SNE spread, deep half / layers 1-2 (tokens resampled)", ">=",
-                 cfg.diverge_ratio, make, model, control, cfg)  # fmt: skip
+                 cfg.diverge_ratio, make, model, controls, cfg)  # fmt: skip
 
 
-def vqa_fan(model: np.ndarray, control: np.ndarray, cfg: ClaimConfig) -> ClaimResult:
+def vqa_fan(model: np.ndarray, controls: Mapping[str, np.ndarray], cfg: ClaimConfig) -> ClaimResult:
     """Claim 13: largest 2-D spread of the answer token over its smallest in layers 1-3.
 
     Args:
         model: ``[images, layers 1..L, 2]`` projected answer-token features.
-        control: the same for the random-weight control.
+        controls: control name -> the same for that noise control.
         cfg: the configuration.
     """
 
@@ -758,14 +853,16 @@ def vqa_fan(model: np.ndarray, control: np.ndarray, cfg: ClaimConfig) -> ClaimRe
         return stat, [xy.shape[0]]
 
     return claim(13, "t-SNE spread, widest layer / narrowest of layers 1-3", ">=",
-                 cfg.diverge_ratio, make, model, control, cfg)  # fmt: skip
+                 cfg.diverge_ratio, make, model, controls, cfg)  # fmt: skip
 
 
 # ---- §6: the LLM alone, compression ---------------------------------------------------------
 
 
 def llm_fewer_mutations(
-    model: tuple[TraceSet, TraceSet], control: tuple[TraceSet, TraceSet], cfg: ClaimConfig
+    model: tuple[TraceSet, TraceSet],
+    controls: Mapping[str, tuple[TraceSet, TraceSet]],
+    cfg: ClaimConfig,
 ) -> ClaimResult:
     """Claim 14: share of tokens with a deep mutation, LVLM minus the LLM alone.
 
@@ -782,7 +879,7 @@ def llm_fewer_mutations(
         return stat, [len(lvlm), len(llm)]
 
     return claim(14, "share of tokens mutating: LVLM − LLM", ">", cfg.more_often, make, model,
-                 control, cfg)  # fmt: skip
+                 controls, cfg)  # fmt: skip
 
 
 @dataclass
@@ -814,7 +911,9 @@ def sweep_answers(points: Sequence[Any]) -> SweepAnswers:
     )
 
 
-def compression(model: SweepAnswers, control: SweepAnswers | None, cfg: ClaimConfig) -> ClaimResult:
+def compression(
+    model: SweepAnswers, controls: Mapping[str, SweepAnswers | None], cfg: ClaimConfig
+) -> ClaimResult:
     """Claim 15: the smaller margin of "little accuracy lost" and "accuracy to lose".
 
     ``min(acc_k − acc_0 + little_cost, acc_0 − min_accuracy)``: at least 0 when skipping the k
@@ -830,7 +929,7 @@ def compression(model: SweepAnswers, control: SweepAnswers | None, cfg: ClaimCon
         return stat, [len(a.base)]
 
     return claim(15, f"accuracy margin with the {model.k} most stable layers skipped", ">=",
-                 0.0, make, model, control, cfg,
+                 0.0, make, model, controls, cfg,
                  notes=[f"existence accuracy {model.base.mean():.3f} unskipped, "
                         f"{model.skipped.mean():.3f} with {model.k} layers skipped"])  # fmt: skip
 
@@ -845,17 +944,21 @@ def _variant(result: ClaimResult, comparison: Comparison) -> ClaimResult:
     return result
 
 
-def quant_same_tokens(model: Comparison, control: Comparison, cfg: ClaimConfig) -> ClaimResult:
+def quant_same_tokens(
+    model: Comparison, controls: Mapping[str, Comparison], cfg: ClaimConfig
+) -> ClaimResult:
     """Claim 16: mean share of the full-precision tokens reproduced in order."""
 
     def make(c: Comparison):
         return (lambda idx: float(c.token_agreement[idx].mean())), [len(c.token_agreement)]
 
     return _variant(claim(16, "share of the full-precision tokens reproduced in order", ">=",
-                          cfg.same_tokens, make, model, control, cfg), model)  # fmt: skip
+                          cfg.same_tokens, make, model, controls, cfg), model)  # fmt: skip
 
 
-def quant_lens_close(model: Comparison, control: Comparison, cfg: ClaimConfig) -> ClaimResult:
+def quant_lens_close(
+    model: Comparison, controls: Mapping[str, Comparison], cfg: ClaimConfig
+) -> ClaimResult:
     """Claim 17: the worst lens layer's mean KL(full || other), on the full model's tokens."""
 
     def make(c: Comparison):
@@ -863,21 +966,25 @@ def quant_lens_close(model: Comparison, control: Comparison, cfg: ClaimConfig) -
 
     worst = int(model.lens_kl.mean(0).argmax())
     return _variant(claim(17, "KL(full ‖ quantized) of the lens, worst layer, nats", "<=",
-                          cfg.lens_close, make, model, control, cfg,
+                          cfg.lens_close, make, model, controls, cfg,
                           notes=[f"worst lens layer {worst}"]), model)  # fmt: skip
 
 
-def quant_js_kept(model: Comparison, control: Comparison, cfg: ClaimConfig) -> ClaimResult:
+def quant_js_kept(
+    model: Comparison, controls: Mapping[str, Comparison], cfg: ClaimConfig
+) -> ClaimResult:
     """Claim 18: mean Pearson correlation of the per-image adjacent-layer JS curves."""
 
     def make(c: Comparison):
         return (lambda idx: float(c.js_correlation[idx].mean())), [len(c.js_correlation)]
 
     return _variant(claim(18, "correlation of the adjacent-layer JS curves", ">=", cfg.js_kept,
-                          make, model, control, cfg), model)  # fmt: skip
+                          make, model, controls, cfg), model)  # fmt: skip
 
 
-def quant_stages_kept(model: Comparison, control: Comparison, cfg: ClaimConfig) -> ClaimResult:
+def quant_stages_kept(
+    model: Comparison, controls: Mapping[str, Comparison], cfg: ClaimConfig
+) -> ClaimResult:
     """Claim 19: the larger shift of the critical and the first mutation layer (layers).
 
     Stages are re-detected on each resample of the images, on both runs.
@@ -896,12 +1003,12 @@ def quant_stages_kept(model: Comparison, control: Comparison, cfg: ClaimConfig) 
     note = (f"critical layer {ref.critical_layer} -> {other.critical_layer}, first mutation "
             f"layer {ref.stabilisation_end} -> {other.stabilisation_end}")  # fmt: skip
     return _variant(claim(19, "shift of critical / first mutation layer, layers", "<=",
-                          cfg.stages_kept, make, model, control, cfg, n_boot=cfg.n_boot_stages,
+                          cfg.stages_kept, make, model, controls, cfg, n_boot=cfg.n_boot_stages,
                           notes=[note]), model)  # fmt: skip
 
 
 def quant_hallucination_kept(
-    model: Comparison, control: Comparison, cfg: ClaimConfig
+    model: Comparison, controls: Mapping[str, Comparison], cfg: ClaimConfig
 ) -> ClaimResult:
     """Claim 20: the larger of |CHAIR change| and |Cover change|, pooled over the images.
 
@@ -922,21 +1029,5 @@ def quant_hallucination_kept(
     note = (f"CHAIR {ref.chair:.3f} -> {other.chair:.3f}, Cover {ref.cover:.3f} -> "
             f"{other.cover:.3f}")  # fmt: skip
     return _variant(claim(20, "larger absolute change of CHAIR and Cover", "<=",
-                          cfg.hallucination_kept, make, model, control, cfg, notes=[note]),
+                          cfg.hallucination_kept, make, model, controls, cfg, notes=[note]),
                     model)  # fmt: skip
-
-
-def table(results: Sequence[ClaimResult]) -> str:
-    """Markdown table: claim | paper | measured with CI | control | verdict."""
-    rows = [
-        "| # | claim (paper) | paper reports | statistic (rule) | measured [95% CI] | control "
-        "| verdict |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in sorted(results, key=lambda r: r.number):
-        control = r.control.text() if r.control else "n/a"
-        rows.append(
-            f"| {r.number} | {r.paper} ({r.figure}) | {r.paper_number} | {r.statistic} "
-            f"({r.rule}) | {r.model.text()} | {control} | **{r.verdict}** |"
-        )
-    return "\n".join(rows)

@@ -77,7 +77,7 @@ def write_report(output: Path, failed: dict[str, str] | None = None) -> tuple[Pa
     import html
     import json
 
-    from .claims import Estimate
+    from .claims import VERDICTS, Estimate, control_text
     from .files import atomic_path
 
     claims, figures, model = [], {}, "?"
@@ -98,26 +98,26 @@ def write_report(output: Path, failed: dict[str, str] | None = None) -> tuple[Pa
 
     header = (
         "| # | claim (paper) | paper reports | statistic (rule) | measured [95% CI] | "
-        "random-weight control | verdict |\n|---|---|---|---|---|---|---|"
+        "noise controls [95% CI] | verdict |\n|---|---|---|---|---|---|---|"
     )
     rows = [
         f"| {c['number']} | {c['paper']} ({c['figure']}) | {c['paper_number']} | "
-        f"{c['statistic']} ({c['rule']}) | {est(c['model'])} | {est(c['control'])} | "
-        f"**{c['verdict']}** |"
+        f"{c['statistic']} ({c['rule']}) | {est(c['model'])} | "
+        f"{control_text(c['controls'])} | **{c['verdict']}** |"
         for c in claims
     ]
-    counts = {
-        v: sum(c["verdict"] == v for c in claims) for v in ("shown", "not shown", "inconclusive")
-    }
+    counts = {v: sum(c["verdict"] == v for c in claims) for v in VERDICTS}
     lines = [
         "# Which of the paper's claims hold here",
         "",
         f"Claims measured: {len(claims)}; shown {counts['shown']}, not shown "
-        f"{counts['not shown']}, inconclusive {counts['inconclusive']}. Each statistic has a "
-        "bootstrap 95% interval; a claim is *shown* only when its interval lies on the "
-        "claim's side of the threshold and the same analysis on a random-weight copy of the "
-        "model lies on the other side (or gives no value); a random-weight interval that "
-        "straddles the threshold leaves the claim inconclusive.",
+        f"{counts['not shown']}, inconclusive {counts['inconclusive']}, no control "
+        f"{counts['inconclusive (no control)']}. Each statistic has a bootstrap 95% interval; "
+        "a claim is *shown* only when its interval lies on the claim's side of the threshold "
+        "and the same analysis on every noise control of the model (a re-initialised copy, "
+        "and a copy with each weight tensor's entries permuted) lies on the other side. A "
+        "control interval that straddles the threshold leaves the claim inconclusive; a "
+        "control with no value leaves it inconclusive (no control).",
         "",
         *[
             f"**Notebook {name} failed** ({error}); its claims are missing."
@@ -130,8 +130,8 @@ def write_report(output: Path, failed: dict[str, str] | None = None) -> tuple[Pa
     ]
     for c in claims:
         lines += [f"## {c['number']}. {c['paper']} ({c['figure']})", "",
-                  f"{c['statistic']} = {est(c['model'])}, rule {c['rule']}; random-weight "
-                  f"control {est(c['control'])}. Verdict: **{c['verdict']}** "
+                  f"{c['statistic']} = {est(c['model'])}, rule {c['rule']}; noise controls: "
+                  f"{control_text(c['controls'])}. Verdict: **{c['verdict']}** "
                   f"(notebook `{c['notebook']}`).", ""]  # fmt: skip
         lines += [f"- {note}" for note in c["notes"]]
         if c["notebook"] in figures:
@@ -142,20 +142,20 @@ def write_report(output: Path, failed: dict[str, str] | None = None) -> tuple[Pa
         tmp.write_text("\n".join(lines))
     body = [f"<h1>Which of the paper's claims hold here</h1><p>{html.escape(lines[2])}</p>",
             "<table border=1 cellpadding=4><tr><th>#</th><th>claim</th><th>paper reports</th>"
-            "<th>statistic (rule)</th><th>measured [95% CI]</th><th>control</th><th>verdict"
+            "<th>statistic (rule)</th><th>measured [95% CI]</th><th>noise controls</th><th>verdict"
             "</th></tr>"]  # fmt: skip
     for c in claims:
         body.append(
             "<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in (
                 c["number"], f"{c['paper']} ({c['figure']})", c["paper_number"],
-                f"{c['statistic']} ({c['rule']})", est(c["model"]), est(c["control"]),
+                f"{c['statistic']} ({c['rule']})", est(c["model"]), control_text(c["controls"]),
                 c["verdict"])) + "</tr>"
         )  # fmt: skip
     body.append("</table>")
     for c in claims:
         body.append(f"<h2>{c['number']}. {html.escape(c['paper'])}</h2><p>"
-                    + html.escape(f"{c['statistic']} = {est(c['model'])}; control "
-                                  f"{est(c['control'])}; verdict {c['verdict']}")
+                    + html.escape(f"{c['statistic']} = {est(c['model'])}; controls "
+                                  f"{control_text(c['controls'])}; verdict {c['verdict']}")
                     + "</p><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in c["notes"])
                     + "</ul>")  # fmt: skip
         if c["notebook"] in figures:

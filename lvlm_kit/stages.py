@@ -11,12 +11,14 @@ Algorithm (all parameters in :class:`StageConfig`):
    split and c is reported but flagged (``has_split = False``).
 2. **Per-token critical layer**: the first lens layer j at which the emitted token's
    probability reaches ``rise_fraction`` of its last-layer probability.
-3. **Per-token mutations**: deep lens layers j > c where the step into j is abrupt:
-   ``JSD(p_{j-1}, p_j)`` *rises again* (it exceeds the step before it, ``JSD(p_{j-2},
-   p_{j-1})``) and is a robust outlier among that token's deep JS values
-   (``> median + spike_z · 1.4826 · MAD`` and ``> min_spike_js``), or the emitted token's
-   probability jumps by at least ``min_jump``. Requiring a rise keeps the tail of a smoothly
-   falling JS curve (whose first deep steps are its largest) from counting as mutations.
+3. **Per-token mutations**: deep lens layers j > c where the distribution changes abruptly
+   again, a JS event: ``JSD(p_{j-1}, p_j)`` *rises again* (it exceeds the step before it,
+   ``JSD(p_{j-2}, p_{j-1})``) and is a robust outlier among that token's deep JS values
+   (``> median + spike_z · 1.4826 · MAD`` and ``> min_spike_js``). Requiring a rise keeps
+   the tail of a smoothly falling JS curve (whose first deep steps are its largest) from
+   counting as mutations. A deep jump of the emitted token's probability by at least
+   ``min_jump`` is reported apart, as a *late rise* (``token_rises``): it is mostly the
+   paper's confidence rise after the critical layers, not a mutation.
 4. **Mutation layers** (aggregate): deep layers where at least ``min_share`` of the
    tokens mutate and where mutations concentrate: the share is also at least
    ``min_concentration`` times the mean share over the deep layers. Nearly every token has
@@ -44,7 +46,7 @@ class StageConfig:
     rise_fraction: float = 0.5  # per-token critical layer: share of final probability reached
     spike_z: float = 3.5  # robust z-score of a JS spike among a token's deep layers
     min_spike_js: float = 0.02  # absolute floor (nats) for a JS spike
-    min_jump: float = 0.2  # emitted-token probability jump counted as a mutation
+    min_jump: float = 0.2  # emitted-token probability jump counted as a late rise
     min_share: float = 0.1  # share of tokens mutating at a layer for an aggregate mutation
     min_concentration: float = 1.5  # ... and that share over the mean deep-layer share
 
@@ -61,8 +63,9 @@ class Stages:
     shallow_js: float  # mean JS of pairs before c
     deep_js: float  # mean JS of pairs from c on
     token_critical: list[int]  # [K] per-token critical layer
-    token_mutations: list[list[int]]  # [K] per-token mutation layers
+    token_mutations: list[list[int]]  # [K] per-token mutation layers (JS events)
     mutation_share: list[float]  # [L+1] share of tokens mutating at each layer
+    token_rises: list[list[int]] = field(default_factory=list)  # [K] late p(emitted) jumps
     config: StageConfig = field(default_factory=StageConfig)
 
     @property
@@ -90,6 +93,8 @@ class Stages:
             "median_token_critical": float(torch.tensor(self.token_critical).float().median()),
             "tokens_with_mutation": sum(bool(m) for m in self.token_mutations)
             / max(len(self.token_mutations), 1),
+            "tokens_with_late_rise": sum(bool(r) for r in self.token_rises)
+            / max(len(self.token_rises), 1),
         }
 
 
@@ -145,6 +150,7 @@ def detect_stages(traces: Trace | Sequence[Trace], config: StageConfig | None = 
     token_critical = [int(torch.nonzero(r)[0]) if r.any() else L for r in reached]
 
     token_mutations: list[list[int]] = []
+    token_rises: list[list[int]] = []
     counts = torch.zeros(L + 1)
     for t in range(K):
         deep_js = js[t, c:]  # pairs (c -> c+1) ... (L-1 -> L): steps into layers c+1..L
@@ -154,11 +160,10 @@ def detect_stages(traces: Trace | Sequence[Trace], config: StageConfig | None = 
         limit = max(float(med + cfg.spike_z * 1.4826 * mad), cfg.min_spike_js)
         jumps = (prob[t, c + 1 :] - prob[t, c:-1]).abs()
         spikes = (deep_js > limit) & (deep_js > before)
-        layers = [
-            c + 1 + i
-            for i in range(deep_js.shape[0])
-            if bool(spikes[i]) or float(jumps[i]) >= cfg.min_jump
-        ]
+        layers = [c + 1 + i for i in range(deep_js.shape[0]) if bool(spikes[i])]
+        token_rises.append(
+            [c + 1 + i for i in range(deep_js.shape[0]) if float(jumps[i]) >= cfg.min_jump]
+        )
         token_mutations.append(layers)
         counts[layers] += 1
     share = (counts / K).tolist()
@@ -175,6 +180,7 @@ def detect_stages(traces: Trace | Sequence[Trace], config: StageConfig | None = 
         token_critical=token_critical,
         token_mutations=token_mutations,
         mutation_share=share,
+        token_rises=token_rises,
         config=cfg,
     )
 

@@ -64,13 +64,13 @@ def test_self_comparison_keeps_everything_and_random_weights_do_not(tiny_llava, 
     control = compare.compare(tiny_llava, ref, control_model, control_run, amber, prompt)
     assert control.lens_kl.shape == (4, tiny_llava.anatomy.n_layers + 1)
     cfg = claims.ClaimConfig(n_boot=200, n_boot_stages=20)
-    same_tokens = claims.quant_same_tokens(same, control, cfg)
+    same_tokens = claims.quant_same_tokens(same, {"re-initialised": control}, cfg)
     assert same_tokens.key == "quant_same_tokens[full]" and same_tokens.model.value == 1.0
-    lens = claims.quant_lens_close(same, control, cfg)
+    lens = claims.quant_lens_close(same, {"re-initialised": control}, cfg)
     assert lens.model.value == pytest.approx(0, abs=1e-6) and lens.model.holds == "yes"
-    stages = claims.quant_stages_kept(same, control, cfg)
+    stages = claims.quant_stages_kept(same, {"re-initialised": control}, cfg)
     assert stages.model.value == 0 and stages.model.holds == "yes"
-    halluc = claims.quant_hallucination_kept(same, control, cfg)
+    halluc = claims.quant_hallucination_kept(same, {"re-initialised": control}, cfg)
     assert halluc.model.value == 0 and "Cover" in halluc.notes[0]
     with pytest.raises(ValueError, match="same images"):
         short = compare.Run("x", ref.traces[:2], ref.stages, *(a[:2] for a in (

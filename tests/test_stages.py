@@ -40,6 +40,23 @@ def test_detects_known_change_points():
     assert summary["critical_layer"] == 8 and summary["tokens_with_mutation"] == 0.5
 
 
+def test_a_late_probability_rise_is_no_mutation():
+    # Tokens whose probability climbs 0.1 -> 0.8 in a deep layer with no JS event: the
+    # paper's confidence rise after the critical layers, reported apart from mutations.
+    tr = synthetic(mutating=(0, 1, 2, 3, 4))
+    tr.js[:5, 10] = tr.js[:5, 9]  # the JS spike removed, the probability jump kept
+    st = detect_stages(tr)
+    assert st.token_rises[:5] == [[11]] * 5 and st.token_rises[5:] == [[]] * 5
+    assert st.token_mutations == [[]] * 10 and st.mutation_layers == []
+    assert st.summary()["tokens_with_late_rise"] == 0.5
+    assert st.summary()["tokens_with_mutation"] == 0.0
+    # A JS event without a probability jump is a mutation.
+    spike = synthetic(mutating=())
+    spike.js[:5, 10] = 0.25
+    st = detect_stages(spike)
+    assert st.token_mutations[:5] == [[11]] * 5 and st.token_rises == [[]] * 10
+
+
 def test_per_token_critical_layer_follows_the_rise():
     tr = synthetic(n_tokens=2, mutating=())
     tr.token_prob[1, 5:] = 0.9  # token 1 rises earlier
