@@ -141,26 +141,29 @@ summary
 # 4 and 5 below come out *inconclusive*. More images (`N_IMAGES`) give more hallucinated
 # tokens to compare.
 #
-# ## 3. The claims, with 95% confidence intervals and a random-weight control
+# ## 3. The claims, with 95% confidence intervals and noise controls
 #
 # Each claim becomes one statistic with a bootstrap interval over the images and a
 # threshold that says in numbers what the paper says in words (`lvlm_kit.claims`). The
-# same images go through a copy of the model with random weights: a statistic that holds
-# there too says nothing about what the model learnt. Verdicts are *shown*, *not shown*,
-# or *inconclusive* (the interval straddles the threshold).
+# same images go through two noise copies of the model: one re-initialised, one with each
+# weight tensor's entries permuted (the model's own weight norms, no learnt structure). A
+# statistic that holds on noise says nothing about what the model learnt. Verdicts are
+# *shown* (the model beats both controls), *not shown*, *inconclusive* (an interval
+# straddles the threshold) or *inconclusive (no control)* (a control has no value).
 
 # %%
 from lvlm_kit import claims
 
-control = claims.random_control(lm, SEED)
-control_df, control_traces, _ = object_token_events(
-    control, amber, PROMPT, MAX_NEW_TOKENS, LENS_NORM
-)
 config = claims.ClaimConfig()
 model_tokens = claims.labelled_tokens(df, traces, st, config)
-control_tokens = claims.labelled_tokens(
-    control_df, control_traces, detect_stages(control_traces), config
-)
+control_tokens = {}
+for name, control in claims.controls(lm, SEED).items():
+    control_df, control_traces, _ = object_token_events(
+        control, amber, PROMPT, MAX_NEW_TOKENS, LENS_NORM
+    )
+    control_tokens[name] = claims.labelled_tokens(
+        control_df, control_traces, detect_stages(control_traces), config
+    )
 results = [
     claims.hallucinations_mutate(model_tokens, control_tokens, config),
     claims.correct_leads_first(model_tokens, control_tokens, config),

@@ -128,23 +128,26 @@ spread
 # but resampling the 18 tokens of this one image puts that between 1.7 and 3.4, across the
 # claim's threshold of 2: *inconclusive* below.
 #
-# ## 3. The claims, with 95% confidence intervals and a random-weight control
+# ## 3. The claims, with 95% confidence intervals and noise controls
 #
 # Each claim becomes one statistic with a bootstrap interval over the tokens of the image and a
 # threshold that says in numbers what the paper says in words (`lvlm_kit.claims`). The
-# same images go through a copy of the model with random weights: a statistic that holds
-# there too says nothing about what the model learnt. Verdicts are *shown*, *not shown*,
-# or *inconclusive* (the interval straddles the threshold).
+# same images go through two noise copies of the model: one re-initialised, one with each
+# weight tensor's entries permuted (the model's own weight norms, no learnt structure). A
+# statistic that holds on noise says nothing about what the model learnt. Verdicts are
+# *shown* (the model beats both controls), *not shown*, *inconclusive* (an interval
+# straddles the threshold) or *inconclusive (no control)* (a control has no value).
 
 # %%
 from lvlm_kit import claims
 from lvlm_kit.features import coords_array
 
-control = claims.random_control(lm, SEED)
-control_tr = trace(
-    control, items[0].image, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM, keep_hidden=True
-)
-control_xy = coords_array(project(token_features(control_tr), "tsne", seed=SEED))
+control_xy = {}
+for name, control in claims.controls(lm, SEED).items():
+    control_tr = trace(
+        control, items[0].image, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM, keep_hidden=True
+    )
+    control_xy[name] = coords_array(project(token_features(control_tr), "tsne", seed=SEED))
 results = [claims.tokens_diverge(coords_array(coords["tsne"]), control_xy, claims.ClaimConfig())]
 verdicts = notebook.record_claims(results, OUTPUT_DIR)
 

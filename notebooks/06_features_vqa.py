@@ -145,26 +145,29 @@ spread
 # (spread 1.9 at layer 1), fan out to about 14 from layer 2 on and draw in a little in the
 # last layer (13.0): the paper's neck and fan, with only a slight re-clustering.
 #
-# ## 3. The claims, with 95% confidence intervals and a random-weight control
+# ## 3. The claims, with 95% confidence intervals and noise controls
 #
 # Each claim becomes one statistic with a bootstrap interval over the images and a
 # threshold that says in numbers what the paper says in words (`lvlm_kit.claims`). The
-# same images go through a copy of the model with random weights: a statistic that holds
-# there too says nothing about what the model learnt. Verdicts are *shown*, *not shown*,
-# or *inconclusive* (the interval straddles the threshold).
+# same images go through two noise copies of the model: one re-initialised, one with each
+# weight tensor's entries permuted (the model's own weight norms, no learnt structure). A
+# statistic that holds on noise says nothing about what the model learnt. Verdicts are
+# *shown* (the model beats both controls), *not shown*, *inconclusive* (an interval
+# straddles the threshold) or *inconclusive (no control)* (a control has no value).
 
 # %%
 from lvlm_kit import claims
 from lvlm_kit.features import coords_array
 
-control = claims.random_control(lm, SEED)
-control_traces = [
-    trace(control, v["image"], v["question"], MAX_NEW_TOKENS, lens_norm=LENS_NORM, keep_hidden=True)
-    for v in tqdm(vqa, desc="control")
-]
-control_xy = coords_array(
-    project(answer_features(control_traces, step=0), "tsne", perplexity=35, seed=SEED)
-)
+control_xy = {}
+for name, control in claims.controls(lm, SEED).items():
+    control_traces = [
+        trace(control, v["image"], v["question"], MAX_NEW_TOKENS, lens_norm=LENS_NORM, keep_hidden=True)
+        for v in tqdm(vqa, desc=name)
+    ]
+    control_xy[name] = coords_array(
+        project(answer_features(control_traces, step=0), "tsne", perplexity=35, seed=SEED)
+    )
 results = [claims.vqa_fan(coords_array(coords), control_xy, claims.ClaimConfig())]
 verdicts = notebook.record_claims(results, OUTPUT_DIR)
 

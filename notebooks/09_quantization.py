@@ -198,7 +198,9 @@ notebook.show(
 cfg = claims.ClaimConfig()
 checks = (claims.quant_same_tokens, claims.quant_lens_close, claims.quant_js_kept,
           claims.quant_stages_kept, claims.quant_hallucination_kept)  # fmt: skip
-results = [check(c, control, cfg) for c in comparisons.values() for check in checks]
+results = [
+    check(c, {"re-initialised": control}, cfg) for c in comparisons.values() for check in checks
+]
 verdicts = notebook.record_claims(results, OUTPUT_DIR)
 
 # %% [markdown]

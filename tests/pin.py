@@ -4,7 +4,7 @@ tests assert and that the README's results table is generated from.
     python tests/pin.py outputs     # after `make reproduce` (or `make pin`): re-pin, rewrite
                                     # the README table and refresh the README gallery
 
-Each notebook's pinned numbers are its claims (value, interval, control value, verdict) and
+Each notebook's pinned numbers are its claims (value, interval, control values, verdict) and
 a few scalars of its ``metrics.json``. Re-pinning is a deliberate act: a model change that
 moves a number fails the notebook tests until the new numbers are reviewed and pinned.
 
@@ -48,7 +48,13 @@ SCALARS = {
     "00_quickstart": ["n_tokens", "mean_p_first_layer", "mean_p_last_layer", "generated_text"],
     "01_token_probabilities": ["critical_layer", "mean_p_shallow", "mean_p_deep"],
     "02_hallucination_trajectories": ["chair", "critical_layer", "mutation_layers"],
-    "03_js_divergence": ["critical_layer", "mutation_layers", "split_ratio"],
+    "03_js_divergence": [
+        "critical_layer",
+        "mutation_layers",
+        "split_ratio",
+        "tokens_with_mutation",
+        "tokens_with_late_rise",
+    ],
     "04_skip_connections": ["critical_layer", "mutation_layers"],
     "05_features_single_image": ["n_tokens", "median_path_linearity"],
     "06_features_vqa": ["accuracy", "fan_layer"],
@@ -92,7 +98,9 @@ def pinned_from_outputs(outputs: Path) -> dict:
                     "value": _num(c["model"]["value"]),
                     "low": _num(c["model"]["low"]),
                     "high": _num(c["model"]["high"]),
-                    "control": _num(c["control"]["value"]) if c["control"] else None,
+                    "controls": {
+                        name: _num(e["value"]) if e else None for name, e in c["controls"].items()
+                    },
                     "verdict": c["verdict"],
                 }
                 for c in claims
@@ -104,7 +112,7 @@ def pinned_from_outputs(outputs: Path) -> dict:
 def render_table(pinned: dict) -> str:
     """The README's results table: one row per claim, from the pinned numbers."""
     rows = [
-        "| # | claim | notebook | statistic (rule) | testbed [95% CI] | random weights | verdict |",
+        "| # | claim | notebook | statistic (rule) | testbed [95% CI] | noise controls | verdict |",
         "|---|---|---|---|---|---|---|",
     ]
     claims = sorted(
@@ -115,7 +123,9 @@ def render_table(pinned: dict) -> str:
         measured = "n/a" if c["value"] is None else f"{c['value']:.3g}"
         if c["low"] is not None:
             measured += f" [{c['low']:.3g}, {c['high']:.3g}]"
-        control = "n/a" if c["control"] is None else f"{c['control']:.3g}"
+        control = "; ".join(
+            f"{k} {'n/a' if v is None else f'{v:.3g}'}" for k, v in c["controls"].items()
+        )
         rows.append(
             f"| {n} | {c['paper']} ({c['figure']}) | {name[:2]} | {c['statistic']} "
             f"({c['rule']}) | {measured} | {control} | **{c['verdict']}** |"

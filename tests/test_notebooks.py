@@ -70,11 +70,15 @@ def test_notebook_reproduces_its_pinned_numbers(name, tmp_path):
                 assert got["model"][key] != got["model"][key], f"claim {number} {key} is NaN"
             else:
                 assert got["model"][key] == approx(want[key]), f"claim {number} {key}"
-        control = got["control"]["value"] if got["control"] else None
-        control = None if control != control else control  # NaN: the control has no value
-        assert (control is None) == (want["control"] is None)
-        if control is not None:
-            assert control == approx(want["control"]), f"claim {number} control"
+        assert sorted(got["controls"]) == sorted(want["controls"]), f"claim {number}"
+        for name, e in got["controls"].items():
+            control = e["value"] if e else None
+            control = None if control != control else control  # NaN: the control has no value
+            assert (control is None) == (want["controls"][name] is None), f"{number} {name}"
+            if control is not None:
+                assert control == approx(want["controls"][name]), f"claim {number} {name}"
+        if got["verdict"] == "shown":  # no pass without every control measured
+            assert all(v is not None for v in want["controls"].values()), f"claim {number}"
 
 
 def test_readme_results_table_is_generated_from_the_pinned_numbers():
