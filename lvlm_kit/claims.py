@@ -358,16 +358,30 @@ def random_control(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
     Raises:
         RuntimeError: the re-initialised weights equal the model's.
     """
-    from .anatomy import resolve_anatomy
-
     model = loaded.model
     torch.manual_seed(CONTROL_SEED_OFFSET + seed)
-    config = copy.deepcopy(model.config)
-    fresh = type(model)(config).to(dtype=model.dtype, device=loaded.input_device).eval()
+    fresh = _fresh_copy(loaded)
     if torch.equal(fresh.get_output_embeddings().weight, model.get_output_embeddings().weight):
         raise RuntimeError("the random-weight control equals the model; pass another seed.")
+    return _loaded(loaded, fresh, "random")
+
+
+def _fresh_copy(loaded: LoadedModel) -> torch.nn.Module:
+    """A newly initialised model of ``loaded``'s class, config, dtype and device (eval mode)."""
+    model = loaded.model
+    fresh = type(model)(copy.deepcopy(model.config))
+    fresh = fresh.to(dtype=model.dtype, device=loaded.input_device).eval()
     fresh.generation_config = copy.deepcopy(model.generation_config)
-    return LoadedModel(fresh, loaded.processor, resolve_anatomy(fresh), f"{loaded.name} (random)")
+    return fresh
+
+
+def _loaded(loaded: LoadedModel, control: torch.nn.Module, kind: str) -> LoadedModel:
+    """``control`` as a :class:`LoadedModel` sharing ``loaded``'s processor."""
+    from .anatomy import resolve_anatomy
+
+    return LoadedModel(
+        control, loaded.processor, resolve_anatomy(control), f"{loaded.name} ({kind})"
+    )
 
 
 def permuted_control(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
@@ -382,25 +396,20 @@ def permuted_control(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
     Raises:
         ValueError: a quantized model (permute its full-precision checkpoint instead).
     """
-    from .anatomy import resolve_anatomy
-
     if loaded.quantization is not None:
         raise ValueError(
             f"permuted_control needs full-precision weights; {loaded.name} is "
             f"{loaded.quantization}. Load it without quantization for the control."
         )
-    model = loaded.model
-    config = copy.deepcopy(model.config)
-    fresh = type(model)(config).to(dtype=model.dtype, device=loaded.input_device).eval()
-    source = dict(model.named_parameters())
+    fresh = _fresh_copy(loaded)
+    source = dict(loaded.model.named_parameters())
     gen = torch.Generator().manual_seed(CONTROL_SEED_OFFSET + seed)
     with torch.no_grad():
         for name, param in fresh.named_parameters():
             w = source[name].detach()
             perm = torch.randperm(w.numel(), generator=gen).to(w.device)
             param.copy_(w.reshape(-1)[perm].reshape(w.shape))
-    fresh.generation_config = copy.deepcopy(model.generation_config)
-    return LoadedModel(fresh, loaded.processor, resolve_anatomy(fresh), f"{loaded.name} (permuted)")
+    return _loaded(loaded, fresh, "permuted")
 
 
 def controls(loaded: LoadedModel, seed: int = 0) -> dict[str, LoadedModel]:
