@@ -15,6 +15,7 @@ A Trace on disk (one safetensors file, written atomically) is enough to redo eve
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
@@ -24,7 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch.profiler import record_function
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from .divergence import entropy, js_divergence, js_divergence_dola
 from .files import atomic_path
@@ -481,6 +487,19 @@ class _ReduceWhileGenerating(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
+class _Force(LogitsProcessor):
+    """Makes greedy decoding emit the given tokens (teacher forcing inside ``generate``)."""
+
+    def __init__(self, prompt_len: int, token_ids: torch.Tensor) -> None:
+        self.prompt_len, self.token_ids = prompt_len, token_ids.tolist()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
+        forced = self.token_ids[input_ids.shape[1] - self.prompt_len]
+        out = torch.full_like(scores, -math.inf)
+        out[:, forced] = 0.0
+        return out
+
+
 @torch.inference_mode()
 def trace(
     loaded: LoadedModel,
@@ -495,6 +514,7 @@ def trace(
     chunk_mb: float = 64.0,
     watch: Sequence[int | str] = (),
     skip: Sequence[int] = (),
+    force: Sequence[int] | torch.Tensor | None = None,
 ) -> Trace:
     """Generate greedily once and reduce every layer's early-exit distribution per token.
 
@@ -516,9 +536,17 @@ def trace(
             at every step and layer, e.g. the correct object of a hallucination.
         skip: decoder layers (0..L-1) removed from the forward pass while generating
             (:func:`~lvlm_kit.surgery.skip_layers`); their lens entries repeat their input.
+        force: token ids ``[K]`` to emit instead of the greedy choice (teacher forcing:
+            e.g. another model's ``Trace.token_ids``, so that a noise control is read on the
+            same words); ``max_new_tokens`` must be at least ``K``, and exactly ``K`` tokens
+            are generated. The lens is computed as always, from the residual stream.
 
     Returns:
         The :class:`Trace`.
+
+    Raises:
+        ValueError: ``force`` is empty, longer than ``max_new_tokens`` or holds an id outside
+            the vocabulary.
     """
     check_norm_policy(lens_norm)
     check_lengths(loaded, 0, max_new_tokens)
@@ -527,6 +555,20 @@ def trace(
         raise ValueError(
             f"top_k must be an int in 1..{vocab_size} (the vocabulary), got {top_k!r}."
         )
+    forced = None
+    if force is not None:
+        forced = torch.as_tensor(force, dtype=torch.long).reshape(-1).cpu()
+        if not 1 <= len(forced) <= max_new_tokens:
+            raise ValueError(
+                f"force holds {len(forced)} tokens; it needs 1..max_new_tokens "
+                f"({max_new_tokens}). Pass max_new_tokens=len(force)."
+            )
+        if int(forced.min()) < 0 or int(forced.max()) >= vocab_size:
+            raise ValueError(
+                f"force holds ids outside the vocabulary 0..{vocab_size - 1}; pass token ids "
+                "of this model's tokenizer (e.g. another Trace's token_ids)."
+            )
+        max_new_tokens = len(forced)
     inputs, prompt_text = prepare_inputs(loaded, image, prompt)
     check_lengths(loaded, int(inputs["input_ids"].shape[1]), max_new_tokens)
     lens = loaded.lens(lens_norm)
@@ -546,6 +588,9 @@ def trace(
             **inputs,
             generation_config=greedy_config(loaded.model, max_new_tokens),
             stopping_criteria=StoppingCriteriaList([streaming]),
+            logits_processor=LogitsProcessorList(
+                [] if forced is None else [_Force(prompt_len, forced)]
+            ),
         )
     prompt_ids = inputs["input_ids"][0].cpu()
     token_ids = sequences[0, prompt_len:].cpu()
@@ -585,6 +630,7 @@ def trace(
             "n_layers": loaded.anatomy.n_layers,
             "vocab_size": lens.vocab_size,
             "skipped_layers": skipped,
+            "forced": forced is not None,
         },
         **reduced,
     )

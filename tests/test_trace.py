@@ -250,3 +250,28 @@ def test_recorded_residuals_equal_hidden_states_at_every_step(which, request, im
     torch.testing.assert_close(got[:, :-1], want[:, :-1], atol=0, rtol=0)
     normed = loaded.anatomy.final_norm(got[:, -1])
     torch.testing.assert_close(normed, want[:, -1], atol=1e-6, rtol=1e-6)
+
+
+def test_forced_tokens_are_read_by_the_other_model(llava_trace, tiny_llava, image):
+    from conftest import make_tiny_llava
+
+    # Forcing a model's own greedy tokens changes nothing.
+    same = trace(tiny_llava, image, PROMPT, 12, force=llava_trace.token_ids, dola_compat=True)
+    assert torch.equal(same.token_ids, llava_trace.token_ids)
+    torch.testing.assert_close(same.token_prob, llava_trace.token_prob)
+    torch.testing.assert_close(same.js, llava_trace.js)
+    # Another model emits exactly those tokens; its lens reads its own residual stream, so
+    # the emitted token is not its own top-1 everywhere (greedy, it says something else).
+    other = make_tiny_llava(seed=5)
+    free = trace(other, image, PROMPT, 12, watch=[int(llava_trace.token_ids[0])])
+    forced = trace(other, image, PROMPT, 30, force=llava_trace.token_ids)
+    assert free.token_ids.tolist() != llava_trace.token_ids.tolist()
+    assert forced.token_ids.tolist() == llava_trace.token_ids.tolist()
+    assert forced.generated_text == llava_trace.generated_text and forced.meta["forced"]
+    assert int((forced.token_rank[:, -1] > 0).sum()) > 0
+    # The prefill step is the same prompt, so step 0's lens equals the free run's.
+    torch.testing.assert_close(forced.token_prob[0], free.prob_of(0, int(forced.token_ids[0])))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        trace(other, image, PROMPT, 4, force=llava_trace.token_ids)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        trace(other, image, PROMPT, 4, force=[10**6])
