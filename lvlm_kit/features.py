@@ -124,3 +124,19 @@ def coords_array(coords: pd.DataFrame) -> np.ndarray:
     ordered = coords.sort_values(["item", "layer"])
     n_items, n_layers = ordered["item"].nunique(), ordered["layer"].nunique()
     return ordered[["x", "y"]].to_numpy().reshape(n_items, n_layers, 2)
+
+
+def group_items(keys: Sequence[str], min_size: int = 4) -> dict[str, list[int]]:
+    """Indices of the items sharing each key (e.g. a VQA question), in first-seen order.
+
+    Keys with fewer than ``min_size`` items (AMBER asks each existence question about one
+    image) are pooled under ``"other questions"``, if that pool reaches ``min_size``.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    small = [i for idx in groups.values() if len(idx) < min_size for i in idx]
+    out = {k: idx for k, idx in groups.items() if len(idx) >= min_size}
+    if len(small) >= min_size:
+        out["other questions"] = sorted(small)
+    return out

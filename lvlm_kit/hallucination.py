@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .data import AmberData, relation_vocabulary
 
@@ -199,13 +199,18 @@ def score_generative(
 
 
 def noun_counts(responses: Sequence[dict], data: AmberData) -> list[dict[str, int]]:
-    """Per generative response: ``{"nouns": kept nouns, "hallucinated": hallucinated nouns}``."""
+    """Per generative response, what CHAIR and Cover count.
+
+    ``{"nouns": kept nouns, "hallucinated": hallucinated nouns, "covered": annotated objects
+    named, "truth": annotated objects}``.
+    """
     out = []
     for r in responses:
         ann = data.annotations[r["id"]]
         a = analyse_response(r["response"], ann["truth"], ann.get("hallu", []), data.relation,
                              data.safe_words)  # fmt: skip
-        out.append({"nouns": a.n_counted, "hallucinated": len(a.hallucinated)})
+        out.append({"nouns": a.n_counted, "hallucinated": len(a.hallucinated),
+                    "covered": len(a.covered), "truth": len(ann["truth"])})  # fmt: skip
     return out
 
 
@@ -337,28 +342,53 @@ def object_token_events(
     max_new_tokens: int,
     lens_norm: str = "final_norm",
     progress: bool = True,
+    force: Sequence[Trace] | None = None,
 ) -> tuple[pd.DataFrame, list[Trace], GenerativeScore]:
-    """Trace every image, label its object tokens, and find where each overtakes its rival.
+    """Trace every image, label its object tokens, and follow their rivals through the layers.
 
-    The rival of an object token is its runner-up at the last layer; a second trace watches
-    it at every layer, and :func:`overtake_layer` gives the layer from which the emitted
-    token stays ahead (the paper's mutation, for a hallucinated token).
+    Two rivals are followed for each object token: its runner-up at the last layer, and the
+    objects annotated in the image (their first tokens; the emitted object itself left
+    out). A second trace watches them at every layer; :func:`overtake_layer` gives the layer
+    from which the emitted token stays ahead of the runner-up (the paper's mutation, for a
+    hallucinated token).
+
+    Args:
+        loaded: the model.
+        amber: images and annotations (one generative query per image).
+        prompt: the instruction.
+        max_new_tokens: generation limit.
+        lens_norm: the lens's norm policy.
+        progress: show a progress bar.
+        force: traces (one per query, in order) whose tokens ``loaded`` is made to emit
+            (teacher forcing, e.g. a noise control read on the model's own descriptions).
 
     Returns:
         ``(events, traces, score)``: one row per object token (``image`` index, ``step``,
         ``label``, ``object``, ``rival``, ``rival_id``, ``overtake``, ``rival_before``: the
-        rival's probability one layer before the overtake, and the watched ``trace``); the
-        plain traces in image order; the generative score of their descriptions.
+        rival's probability one layer before the overtake; ``truth_lead``: ``[L+1]`` per
+        layer the largest probability of an annotated object that is ahead of the emitted
+        token, else 0, NaN everywhere when no other object is annotated; and the watched
+        ``trace``); the plain traces in image order; the generative score of their
+        descriptions.
     """
+    import numpy as np
     import pandas as pd
     from tqdm.auto import tqdm
 
     from .trace import trace
 
+    if force is not None and len(force) != len(amber.queries):
+        raise ValueError(
+            f"force holds {len(force)} traces for {len(amber.queries)} queries; pass one "
+            "trace per query, in order."
+        )
     traces, rows = [], []
     for n, q in enumerate(tqdm(amber.queries, desc="trace", disable=not progress)):
         ann, image = amber.annotations[q["id"]], amber.image_path(q)
-        tr = trace(loaded, image, prompt, max_new_tokens, lens_norm=lens_norm)
+        kw: dict[str, Any] = {"lens_norm": lens_norm}
+        if force is not None:
+            kw["force"] = force[n].token_ids
+        tr = trace(loaded, image, prompt, max_new_tokens, **kw)
         traces.append(tr)
         labels = label_tokens(tr, ann["truth"], ann.get("hallu", []), amber.relation,
                               amber.safe_words)  # fmt: skip
@@ -366,17 +396,27 @@ def object_token_events(
         if not steps:
             continue
         rivals = [int(tr.topk_ids[i, -1, 1]) for i in steps]
-        watched = trace(loaded, image, prompt, max_new_tokens, lens_norm=lens_norm, watch=rivals)
+        truth = {o: ids[0] for o in ann["truth"]
+                 if (ids := loaded.tokenizer.encode(o, add_special_tokens=False))}  # fmt: skip
+        watched = trace(loaded, image, prompt, max_new_tokens,
+                        watch=rivals + list(truth.values()), **kw)  # fmt: skip
         for i, rival in zip(steps, rivals):
-            over = overtake_layer(watched, i, int(watched.token_ids[i]), rival)
+            emitted = int(watched.token_ids[i])
+            over = overtake_layer(watched, i, emitted, rival)
             before = None if not over else float(watched.prob_of(i, rival)[over - 1])
+            others = [t for o, t in truth.items() if o != labels.objects[i] and t != emitted]
+            lead = np.full(watched.n_layers + 1, np.nan)
+            if others:
+                p = watched.prob_of(i, emitted).double().numpy()
+                po = np.stack([watched.prob_of(i, t).double().numpy() for t in others])
+                lead = np.where(po > p, po, 0.0).max(0)
             rows.append({
                 "image": n, "step": i, "label": labels.labels[i], "object": labels.objects[i],
                 "rival": watched.vocab[rival], "rival_id": rival, "overtake": over,
-                "rival_before": before, "trace": watched,
+                "rival_before": before, "truth_lead": lead, "trace": watched,
             })  # fmt: skip
     columns = ["image", "step", "label", "object", "rival", "rival_id", "overtake",
-               "rival_before", "trace"]  # fmt: skip
+               "rival_before", "truth_lead", "trace"]  # fmt: skip
     responses = [
         {"id": q["id"], "response": t.generated_text} for q, t in zip(amber.queries, traces)
     ]

@@ -122,12 +122,18 @@ def critical_split(curve: torch.Tensor, min_segment: int = 2, eps: float = 1e-6)
     return best_k
 
 
-def detect_stages(traces: Trace | Sequence[Trace], config: StageConfig | None = None) -> Stages:
+def detect_stages(
+    traces: Trace | Sequence[Trace],
+    config: StageConfig | None = None,
+    critical_layer: int | None = None,
+) -> Stages:
     """Detect the critical layer, mutation layers and stages.
 
     Args:
         traces: one Trace or several with the same number of layers (tokens are pooled).
         config: detection parameters.
+        critical_layer: use this critical layer instead of fitting one (e.g. the layer
+            detected on other images, so that these are judged, not fitted).
 
     Returns:
         The :class:`Stages`.
@@ -142,7 +148,13 @@ def detect_stages(traces: Trace | Sequence[Trace], config: StageConfig | None = 
     prob = torch.cat([t.token_prob for t in traces]).double()  # [K, L+1]
     K, L = js.shape
     curve = js.mean(0)
-    c = critical_split(curve, cfg.min_segment, cfg.eps)
+    c = (
+        critical_split(curve, cfg.min_segment, cfg.eps)
+        if critical_layer is None
+        else critical_layer
+    )
+    if not 1 <= c < L:
+        raise ValueError(f"critical_layer must be in 1..{L - 1}, got {c}.")
     shallow, deep = float(curve[:c].mean()), float(curve[c:].mean())
 
     final = prob[:, -1:]
