@@ -64,8 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .store import evaluate_store
 
         scores = evaluate_store(args.store, args.data, args.queries)
-        write_json(Path(args.store) / f"scores_{args.queries}.json", scores)
-        print(json.dumps(scores, indent=2))
+        print(json.dumps(scores, indent=2))  # first: a full disk must not lose them
+        path = Path(args.store) / f"scores_{args.queries}.json"
+        try:
+            write_json(path, scores)
+        except OSError as exc:
+            print(f"could not save the scores to {path} ({exc.strerror or exc}); they are "
+                  "printed above. Free some space and run evaluate again to save them.",
+                  file=sys.stderr)  # fmt: skip
+            return 1
         return 0
 
     import torch
@@ -95,9 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_processes=state.num_processes, **trace_kwargs,
     )  # fmt: skip
     print(f"[{state.process_index}/{state.num_processes}] {run.summary()} in {args.out}")
-    if run.failed:
-        return 1
-    return 0
+    if run.elsewhere:
+        print(f"[{state.process_index}/{state.num_processes}] {len(run.elsewhere)} items were "
+              "left to another run that holds them; run trace again once it ends to check they "
+              "are done.", file=sys.stderr)  # fmt: skip
+    return 1 if run.failed or run.elsewhere else 0
 
 
 if __name__ == "__main__":

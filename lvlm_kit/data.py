@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from .files import read_marker, write_kit_folder
 from .testbed.world import CATEGORIES, DEFAULT_PRIORS, PLURALS, Prior, render, sample_scene
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -38,14 +37,26 @@ QUERY_FILES = {
 }
 
 
+def _read_utf8(path: Path) -> str:
+    """The text of one of AMBER's files, which are UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"'{path}' is not UTF-8 text (AMBER's files are UTF-8; UTF-16 from an editor?). "
+            f"Re-save it as UTF-8, e.g. `iconv -f UTF-16 -t UTF-8 {path.name} > fixed`."
+        ) from None
+
+
 def _read_json(path: Path) -> object:
     if not path.is_file():
         raise FileNotFoundError(
             f"AMBER file missing: '{path}'. Expected AMBER's layout: <root>/data/query/*.json, "
             "<root>/data/annotations.json, relation.json, safe_words.txt, <root>/image/."
         )
+    text = _read_utf8(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(
             f"'{path}' is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
@@ -160,9 +171,7 @@ def read_amber(root: str | Path, queries: str = "generative") -> AmberData:
     safe_path = data / "safe_words.txt"
     if not safe_path.is_file():
         raise FileNotFoundError(f"AMBER file missing: '{safe_path}'.")
-    safe = frozenset(
-        w.strip() for w in safe_path.read_text(encoding="utf-8").splitlines() if w.strip()
-    )
+    safe = frozenset(w.strip() for w in _read_utf8(safe_path).splitlines() if w.strip())
     _check_queries(data / "query" / QUERY_FILES[queries], query_list)
     _check_annotations(data / "annotations.json", annotation_list)
     if not isinstance(relation, dict) or not all(
@@ -226,6 +235,8 @@ def dataset_items(
 
 #: File that marks a folder as written by :func:`export_amber` (and so safe to replace).
 EXPORT_MARKER = ".lvlm_kit_export.json"
+#: The marker of the testbed's VQA images folder (:func:`vqa_items`).
+VQA_MARKER = ".lvlm_kit_vqa.json"
 
 
 def export_settings(
@@ -242,12 +253,13 @@ def export_settings(
 
 
 def read_export_settings(root: str | Path) -> dict | None:
-    """The settings of an export at ``root``, or None when ``root`` is not one."""
-    marker = Path(root) / EXPORT_MARKER
-    try:
-        return json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return None
+    """The settings of an export at ``root``, or None when ``root`` is not one.
+
+    A marker that is not exactly what :func:`export_amber` writes (its settings and the list
+    of files it wrote) does not count: ``{}`` or ``{"n_images": 2}`` is not an export.
+    """
+    marker = read_marker(root, EXPORT_MARKER)
+    return None if marker is None else marker["settings"]
 
 
 def export_amber(
@@ -263,7 +275,8 @@ def export_amber(
 
     The folder is built next to ``root`` and renamed into place at the end, so an
     interrupted export leaves nothing behind. It holds :data:`EXPORT_MARKER` with its
-    settings; ``overwrite`` replaces only a folder carrying that marker, never anything else.
+    settings and the files it wrote; ``overwrite`` replaces only a folder carrying a valid
+    marker and nothing else (:func:`~lvlm_kit.files.write_kit_folder`).
 
     Args:
         root: destination folder (must not exist unless ``overwrite``).
@@ -280,31 +293,31 @@ def export_amber(
         ``root``.
 
     Raises:
-        FileExistsError: ``root`` exists and is not an export (whatever ``overwrite``
-            says), or is one and ``overwrite`` is False.
+        FileExistsError: ``root`` exists and is not an export (no valid marker), holds
+            anything the export did not write (whatever ``overwrite`` says), or is an export
+            and ``overwrite`` is False.
     """
-    root = Path(root)
-    if root.exists():
-        if read_export_settings(root) is None:
-            raise FileExistsError(
-                f"'{root}' exists and was not written by export_amber (it has no "
-                f"{EXPORT_MARKER}); the kit never deletes it. Choose another folder."
-            )
-        if not overwrite:
-            raise FileExistsError(f"'{root}' exists; pass overwrite=True or choose another folder.")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    settings = export_settings(n_images, seed, priors, questions_per_image, probe)
+    if not overwrite and Path(root).exists() and read_marker(root, EXPORT_MARKER) is not None:
+        raise FileExistsError(f"'{root}' exists; pass overwrite=True or choose another folder.")
+    return write_kit_folder(root, EXPORT_MARKER, settings, _write_export, overwrite=True,
+                            what="export_amber", legacy=_old_export_settings)  # fmt: skip
+
+
+def _write_export(root: Path, settings: dict) -> None:
+    priors = tuple(Prior(**p) for p in settings["priors"])
+    _write(root, settings["n_images"], settings["seed"], priors, settings["questions_per_image"],
+           settings["probe"])  # fmt: skip
+
+
+def _old_export_settings(root: Path) -> dict | None:
+    """The settings in an older kit's export marker (the settings alone, no file list)."""
     try:
-        _write(tmp, n_images, seed, priors, questions_per_image, probe)
-        settings = export_settings(n_images, seed, priors, questions_per_image, probe)
-        (tmp / EXPORT_MARKER).write_text(json.dumps(settings))
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
+        old = json.loads((root / EXPORT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    keys = {"n_images", "seed", "priors", "questions_per_image", "probe"}
+    return old if isinstance(old, dict) and set(old) == keys else None
 
 
 def _write(root: Path, n: int, seed: int, priors, per_image: int, probe: bool) -> None:
@@ -453,14 +466,18 @@ def vqa_items(data: str, output_dir: str | Path, objects: list[str], per_questio
     if data not in TESTBED_DATA:
         return _read_vqa(root)
     folder = Path(output_dir) / "vqa_images"
-    folder.mkdir(parents=True, exist_ok=True)
-    rng, out = random.Random(seed), []
-    for obj in objects:
-        for i in range(per_question):
-            scene = sample_scene(rng, require=obj)
-            path = folder / f"{obj}_{i}.png"
-            render(scene).save(path)
-            colour = next(g.colour for g in scene.groups if g.category == obj)
-            out.append({"image": str(path), "question": f"what colour is the {obj}?",
-                        "answer": colour})  # fmt: skip
-    return out
+    rng = random.Random(seed)
+    scenes = {f"{obj}_{i}.png": (obj, sample_scene(rng, require=obj))
+              for obj in objects for i in range(per_question)}  # fmt: skip
+
+    def write(tmp: Path, _: dict) -> None:
+        for name, (_, scene) in scenes.items():
+            render(scene).save(tmp / name)
+
+    settings = {"objects": list(objects), "per_question": per_question, "seed": seed}
+    write_kit_folder(folder, VQA_MARKER, settings, write, what="vqa_items")
+    return [
+        {"image": str(folder / name), "question": f"what colour is the {obj}?",
+         "answer": next(g.colour for g in scene.groups if g.category == obj)}
+        for name, (obj, scene) in scenes.items()
+    ]  # fmt: skip

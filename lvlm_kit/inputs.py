@@ -45,6 +45,11 @@ def load_image(image: ImageLike) -> Image.Image:
 def _load(image: ImageLike) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         path = Path(image).expanduser()
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"'{path}' is a folder, not an image file (its name ends like one); pass an "
+                "image file, or the folder as a dataset (DATA / --data)."
+            )
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: '{path}'. {_IMAGE_HELP}")
         try:

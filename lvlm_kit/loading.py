@@ -9,6 +9,7 @@ depends on where the files came from.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,33 @@ SHORTCUTS: dict[str, Path] = {
     "testbed": TESTBED_WEIGHTS / "lvlm",
     "testbed-llm": TESTBED_WEIGHTS / "llm",
 }
+#: Short names of the paper's models -> their hub ids.
+PRESETS: dict[str, str] = {
+    "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
+    "llava-1.5-13b": "llava-hf/llava-1.5-13b-hf",
+}
+#: The language model each LVLM was built on (the paper's §6 compares the two).
+BASE_LLMS: dict[str, str] = {
+    "testbed": "testbed-llm",
+    "llava-hf/llava-1.5-7b-hf": "lmsys/vicuna-7b-v1.5",
+    "llava-hf/llava-1.5-13b-hf": "lmsys/vicuna-13b-v1.5",
+}
+
+
+def base_llm(model: str) -> str:
+    """The base language model of ``model`` (a shortcut, preset or hub id).
+
+    Raises:
+        KeyError: a model whose base LLM the kit does not know (:data:`BASE_LLMS`).
+    """
+    key = PRESETS.get(str(model), str(model))
+    if key not in BASE_LLMS:
+        raise KeyError(
+            f"the base LLM of {model!r} is not known to the kit (it knows {sorted(BASE_LLMS)}); "
+            "name it yourself, e.g. LLM_MODEL='lmsys/vicuna-7b-v1.5', or None for the LVLM's "
+            "own decoder without an image."
+        )
+    return BASE_LLMS[key]
 
 
 @dataclass
@@ -198,15 +226,16 @@ def check_head(loaded: LoadedModel, lens: Lens, n_tokens: int = 6) -> dict[str, 
 def resolve_source(id_or_dir: str | Path) -> str:
     """Turn a shortcut, folder or hub id into what ``from_pretrained`` takes.
 
-    A name is a local folder when it exists on disk or starts with ``.``, ``/`` or ``~``;
-    every other name (``llava-hf/llava-1.5-7b-hf``, ``lmsys/vicuna-7b-v1.5``) is a hub id,
+    A preset (:data:`PRESETS`, e.g. ``"llava-1.5-7b"``) becomes its hub id. A name is a
+    local folder when it exists on disk or starts with ``.``, ``/`` or ``~``; every other
+    name (``llava-hf/llava-1.5-7b-hf``, ``lmsys/vicuna-7b-v1.5``) is a hub id,
     resolved by transformers from the cache or the hub.
 
     Raises:
         FileNotFoundError: a path-like name that does not exist, a folder without
             ``config.json``, or a shortcut whose model is missing.
     """
-    key = str(id_or_dir)
+    key = PRESETS.get(str(id_or_dir), str(id_or_dir))
     if key in SHORTCUTS:
         path = SHORTCUTS[key]
         if not (path / "config.json").is_file():
@@ -231,6 +260,12 @@ def resolve_source(id_or_dir: str | Path) -> str:
     return key
 
 
+def check_quantization_name(quantization: str | None) -> None:
+    """Raise ``ValueError`` for a quantization name that is not one of :data:`QUANTIZATIONS`."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization={quantization!r} is unknown; use one of {QUANTIZATIONS}.")
+
+
 def quantization_config(
     quantization: str | None,
     compute_dtype: torch.dtype = torch.bfloat16,
@@ -250,8 +285,7 @@ def quantization_config(
     Raises:
         ValueError: an unknown quantization name.
     """
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization={quantization!r} is unknown; use one of {QUANTIZATIONS}.")
+    check_quantization_name(quantization)
     if quantization is None:
         return None
     from transformers import BitsAndBytesConfig
@@ -290,6 +324,50 @@ CPU_4BIT_IN, CPU_4BIT_OUT = 64, 32
 def _skipped(name: str, patterns: list[str]) -> bool:
     """Whether module ``name`` matches a skip pattern (a dotted part of its path)."""
     return any(f".{p}." in f".{name}." for p in patterns)
+
+
+def _skeleton(cls: Any, config: Any) -> nn.Module:
+    """The model built on the ``meta`` device: its module tree and shapes, no memory."""
+    with torch.device("meta"):
+        build = cls.from_config if hasattr(cls, "from_config") else cls._from_config
+        return build(config)
+
+
+def expand_skip_modules(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Full module paths for ``skip_modules`` patterns (a dotted part of a path each).
+
+    transformers keeps a module in full precision only when a pattern matches its path from
+    the start or as a suffix, so ``"vision_tower"`` alone would quantize
+    ``model.vision_tower...``; this turns each pattern into the paths it names
+    (``"model.vision_tower"``), the way :func:`cpu_4bit_blockers` reads it.
+
+    Args:
+        model: the model or its ``meta`` skeleton.
+        patterns: module names or dotted parts of paths, e.g. ``["vision_tower"]``.
+
+    Returns:
+        The distinct path prefixes that end with a pattern, sorted.
+
+    Raises:
+        TypeError: ``patterns`` is a single string, or holds something else than names.
+        ValueError: a pattern names no module (the model's top-level modules are listed).
+    """
+    if isinstance(patterns, str) or not all(isinstance(p, str) and p.strip() for p in patterns):
+        raise TypeError(
+            f"skip_modules must be a list of module names, e.g. ['vision_tower'], got {patterns!r}."
+        )
+    names = [n for n, _ in model.named_modules() if n]
+    out: set[str] = set()
+    for p in patterns:
+        hits = {n[: f".{n}.".index(f".{p}.") + len(p)] for n in names if f".{p}." in f".{n}."}
+        if not hits:
+            top = sorted({n.split(".")[0] for n in names} | {n for n in names if n.count(".") == 1})
+            raise ValueError(
+                f"skip_modules entry {p!r} names no module of {type(model).__name__}; its modules "
+                f"include {top[:12]}."
+            )
+        out |= hits
+    return sorted(out)
 
 
 def cpu_4bit_blockers(model: nn.Module, skip_modules: list[str] | None = None) -> dict[str, str]:
@@ -337,9 +415,7 @@ def check_quantizable(
     """
     if quantization in (None, "8bit") or not on_cpu or not _cpu_packs_4bit():
         return
-    with torch.device("meta"):
-        build = cls.from_config if hasattr(cls, "from_config") else cls._from_config
-        skeleton = build(config)
+    skeleton = _skeleton(cls, config)
     blockers = cpu_4bit_blockers(skeleton, skip_modules)
     if not blockers:
         return
@@ -550,7 +626,7 @@ def load_model(
         compute = torch.float32 if on_cpu else torch.bfloat16
     else:
         compute = torch_dtype
-    bnb = quantization_config(quantization, compute, skip_modules)
+    check_quantization_name(quantization)
     check_quantization_runs(quantization)
     if quantization == "8bit":
         bnb_log = logging.getLogger("bitsandbytes.autograd._functions")
@@ -573,6 +649,9 @@ def load_model(
     else:
         cls = transformers.AutoModelForCausalLM
     check_packages(config.model_type)
+    if skip_modules is not None:
+        skip_modules = expand_skip_modules(_skeleton(cls, config), skip_modules)
+    bnb = quantization_config(quantization, compute, skip_modules)
     check_quantizable(cls, config, quantization, skip_modules, on_cpu)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, **from_pretrained_kwargs}
     if bnb is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import sys
 from pathlib import Path
 
@@ -37,17 +38,29 @@ def run_notebooks(
     """
     import papermill as pm
 
+    odd = [k for k in parameters or {} if not str(k).isidentifier()]
+    if odd:
+        raise ValueError(
+            f"parameter names must be Python names; got {odd} (a stray space?). Pass "
+            "-p NAME VALUE with the notebook's parameter NAME."
+        )
     if "OUTPUT_DIR" in (parameters or {}):
         raise ValueError(
             "OUTPUT_DIR is set per notebook (<output>/<notebook name>), so that no notebook "
             "overwrites another's results; pass --output FOLDER instead of -p OUTPUT_DIR."
         )
     notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if only is not None and not only:
+        raise ValueError(
+            "--only names no notebook; give their names (e.g. --only 01_token_probabilities), "
+            "or leave --only out to run them all."
+        )
     if only:
         unknown = set(only) - {nb.stem for nb in notebooks}
         if unknown:
             raise FileNotFoundError(f"no notebook named {sorted(unknown)} in {NOTEBOOKS}")
         notebooks = [nb for nb in notebooks if nb.stem in only]
+    check_output(output, notebooks)
     output.mkdir(parents=True, exist_ok=True)
     done, failed = [], {}
     for nb in notebooks:
@@ -63,6 +76,63 @@ def run_notebooks(
     return done, failed
 
 
+#: How the kit's own report files begin (a file that does not is never overwritten).
+REPORT_TITLE = "# Which of the paper's claims hold here"
+HTML_TITLE = "<title>lvlm-kit report</title>"
+
+
+def _is_kit_file(path: Path) -> bool:
+    """Whether ``path`` is an executed notebook or a report this module wrote."""
+    try:
+        if path.suffix == ".ipynb":
+            return "papermill" in json.loads(path.read_text(encoding="utf-8"))["metadata"]
+        return path.read_text(encoding="utf-8")[:2000].lstrip().startswith(
+            REPORT_TITLE if path.suffix == ".md" else "<!doctype html>"
+        ) and (path.suffix == ".md" or HTML_TITLE in path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def check_output(output: Path, notebooks: list[Path]) -> None:
+    """Refuse an output folder where running ``notebooks`` would overwrite what is not ours.
+
+    Raises:
+        ValueError: ``output`` is the notebooks' own folder (their sources would be
+            overwritten), or holds an executed-notebook or report path that the kit did not
+            write.
+    """
+    out = output.expanduser().resolve()
+    if out == NOTEBOOKS.resolve() or NOTEBOOKS.resolve() in out.parents:
+        raise ValueError(
+            f"--output '{output}' is the notebooks' own folder: running there would overwrite "
+            "the source notebooks. Pass another folder (the default is outputs/)."
+        )
+    targets = [out / nb.name for nb in notebooks] + [out / "REPORT.md", out / "report.html"]
+    foreign = [p for p in targets if p.exists() and not (p.is_file() and _is_kit_file(p))]
+    if foreign:
+        raise ValueError(
+            f"--output '{output}' holds {', '.join(p.name for p in foreign)}, which the kit did "
+            "not write (not an executed notebook or a report of it); the kit never overwrites "
+            "it. Pass another folder."
+        )
+
+
+def _read_claims(path: Path) -> list[dict] | None:
+    """A notebook's ``claims.json``, or None when it is not a list of the kit's claims."""
+    from .claims import ClaimResult
+
+    keys = {f for f in ClaimResult.__dataclass_fields__}
+    try:
+        claims = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(claims, list) or not all(
+        isinstance(c, dict) and keys <= set(c) for c in claims
+    ):
+        return None
+    return claims
+
+
 def write_report(output: Path, failed: dict[str, str] | None = None) -> tuple[Path, Path]:
     """Write ``REPORT.md`` and a self-contained ``report.html`` from the notebooks' claims.
 
@@ -75,22 +145,29 @@ def write_report(output: Path, failed: dict[str, str] | None = None) -> tuple[Pa
     """
     import base64
     import html
-    import json
 
     from .claims import VERDICTS, Estimate, control_text
     from .files import atomic_path
 
-    claims, figures, model = [], {}, "?"
+    failed = dict(failed or {})
+    claims, figures, model, foreign = [], {}, "?", []
     for folder in sorted(p for p in output.iterdir() if p.is_dir()):
         path = folder / "claims.json"
-        if not path.is_file():
+        if not path.is_file() or folder.name in failed:  # a failed run's claims are old
             continue
-        for claim in json.loads(path.read_text()):
+        found = _read_claims(path)
+        if found is None:
+            foreign.append(folder.name)
+            continue
+        for claim in found:
             claims.append({**claim, "notebook": folder.name})
         pngs = sorted(folder.glob("*.png"))
         if pngs:
             figures[folder.name] = pngs[0]
-        model = json.loads((folder / "metrics.json").read_text()).get("model", model)
+        try:
+            model = json.loads((folder / "metrics.json").read_text()).get("model", model)
+        except (OSError, ValueError, AttributeError):
+            pass
     claims.sort(key=lambda c: c["number"])
 
     def est(e: dict | None) -> str:
@@ -98,7 +175,7 @@ def write_report(output: Path, failed: dict[str, str] | None = None) -> tuple[Pa
 
     header = (
         "| # | claim (paper) | paper reports | statistic (rule) | measured [95% CI] | "
-        "noise controls [95% CI] | verdict |\n|---|---|---|---|---|---|---|"
+        "controls [95% CI] | verdict |\n|---|---|---|---|---|---|---|"
     )
     rows = [
         f"| {c['number']} | {c['paper']} ({c['figure']}) | {c['paper_number']} | "
@@ -108,20 +185,31 @@ def write_report(output: Path, failed: dict[str, str] | None = None) -> tuple[Pa
     ]
     counts = {v: sum(c["verdict"] == v for c in claims) for v in VERDICTS}
     lines = [
-        "# Which of the paper's claims hold here",
+        REPORT_TITLE,
         "",
         f"Claims measured: {len(claims)}; shown {counts['shown']}, not shown "
         f"{counts['not shown']}, inconclusive {counts['inconclusive']}, no control "
         f"{counts['inconclusive (no control)']}. Each statistic has a bootstrap 95% interval; "
         "a claim is *shown* only when its interval lies on the claim's side of the threshold "
-        "and the same analysis on every noise control of the model (a re-initialised copy, "
-        "and a copy with each weight tensor's entries permuted) lies on the other side. A "
-        "control interval that straddles the threshold leaves the claim inconclusive; a "
-        "control with no value leaves it inconclusive (no control).",
+        "and the same analysis on every control lies on the other side: the noise copies of "
+        "the model (a re-initialised copy, and a copy with each weight tensor's entries "
+        "permuted, and one whose layers run in a shuffled order for claims about where in "
+        "the depth something happens; teacher-forced on the model's words where a statistic "
+        "needs them, "
+        "skipping the model's layers for the skip claims), the labels shuffled within each "
+        "image for a contrast of token classes, and random sets of as many layers for the "
+        "skip claims. Stages are detected on half of the images and the claims about them "
+        "judged on the other half. A control interval that straddles the threshold leaves "
+        "the claim inconclusive; a control with no value leaves it inconclusive (no "
+        "control).",
         "",
         *[
             f"**Notebook {name} failed** ({error}); its claims are missing."
-            for name, error in (failed or {}).items()
+            for name, error in failed.items()
+        ],
+        *[
+            f"**{name}/claims.json is not the kit's** (not a list of its claims); skipped."
+            for name in foreign
         ],
         "",
         header,
@@ -130,7 +218,7 @@ def write_report(output: Path, failed: dict[str, str] | None = None) -> tuple[Pa
     ]
     for c in claims:
         lines += [f"## {c['number']}. {c['paper']} ({c['figure']})", "",
-                  f"{c['statistic']} = {est(c['model'])}, rule {c['rule']}; noise controls: "
+                  f"{c['statistic']} = {est(c['model'])}, rule {c['rule']}; controls: "
                   f"{control_text(c['controls'])}. Verdict: **{c['verdict']}** "
                   f"(notebook `{c['notebook']}`).", ""]  # fmt: skip
         lines += [f"- {note}" for note in c["notes"]]
@@ -140,9 +228,13 @@ def write_report(output: Path, failed: dict[str, str] | None = None) -> tuple[Pa
     md = output / "REPORT.md"
     with atomic_path(md) as tmp:
         tmp.write_text("\n".join(lines))
+    notices = [
+        line for line in lines if line.startswith("**Notebook ") or "is not the kit's" in line
+    ]
     body = [f"<h1>Which of the paper's claims hold here</h1><p>{html.escape(lines[2])}</p>",
+            *[f"<p><b>{html.escape(n.replace('**', ''))}</b></p>" for n in notices],
             "<table border=1 cellpadding=4><tr><th>#</th><th>claim</th><th>paper reports</th>"
-            "<th>statistic (rule)</th><th>measured [95% CI]</th><th>noise controls</th><th>verdict"
+            "<th>statistic (rule)</th><th>measured [95% CI]</th><th>controls</th><th>verdict"
             "</th></tr>"]  # fmt: skip
     for c in claims:
         body.append(

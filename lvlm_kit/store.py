@@ -12,9 +12,17 @@ What a store promises:
   dataset, prompts, generation and lens settings) and every trace carries the digest of
   those settings. A rerun with other settings is refused (unless ``overwrite``, which
   re-traces every item whose digest differs, and can itself be resumed).
-- **Concurrent runs share the work.** Before tracing an item a run claims it with a
-  ``.<id>.claim`` file; other runs skip items claimed by a live process, and only a claim
-  or temporary file left by a dead process is removed.
+- **Settings are checked trace by trace.** Without ``store.json`` (deleted, or a store of an
+  older kit) the digests the traces carry still refuse a rerun with other settings; a file
+  named like an item that is not a trace of the kit is never overwritten; and
+  :func:`evaluate_store` refuses a store whose traces were made with different settings
+  (a killed ``--overwrite``).
+- **Concurrent runs share the work and the cores.** Before tracing an item a run claims it
+  with a ``.<id>.claim`` file that it refreshes while it works (a heartbeat); other runs
+  skip items claimed by a live process. A claim whose process is gone (or whose pid now
+  names another process), or whose heartbeat is older than :data:`STALE_AFTER` seconds
+  (another host), is taken over. Runs on one machine register in ``.run.<pid>.json`` and
+  split its cores between them (``torch.set_num_threads``), as ``accelerate launch`` does.
 - **A bad item does not block the rest** with ``keep_going``: its error is recorded in
   ``<id>.error.json`` (removed once the item succeeds), the run goes on and reports the
   failures at the end.
@@ -28,12 +36,14 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from .data import Item, read_amber
@@ -43,6 +53,10 @@ from .loading import LoadedModel
 from .trace import Trace, TraceFileError, trace
 
 SETTINGS_FILE = "store.json"
+#: A claim whose heartbeat is older than this (seconds) is stale, whoever wrote it.
+STALE_AFTER = 600.0
+#: How often (seconds) a run refreshes the claim of the item it is tracing.
+HEARTBEAT = 30.0
 
 
 class StoreError(ValueError):
@@ -116,20 +130,39 @@ def check_settings(
         write_json(path, new)
 
 
-def _alive(claim: Path) -> bool:
-    """Whether the process that wrote ``claim`` still runs.
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), if known."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
-    A claim from another host counts as alive (its process cannot be checked from here), and
-    so does an unreadable one younger than a few seconds (its writer may not have finished).
+
+def _owner() -> dict[str, Any]:
+    """What a claim or run file says about this process."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid())}
+
+
+def _alive(claim: Path) -> bool:
+    """Whether the process that wrote ``claim`` (a claim or run file) still holds it.
+
+    Stale, whoever wrote it: a heartbeat (modification time) older than
+    :data:`STALE_AFTER`. On this host: a process that is gone, or a pid that now names
+    another process (its start time differs from the one recorded). From another host, a
+    fresh heartbeat counts as alive. An unreadable file younger than a few seconds counts as
+    alive (its writer may not have finished).
     """
+    try:
+        age = time.time() - claim.stat().st_mtime
+    except OSError:
+        return False
+    if age > STALE_AFTER:
+        return False
     try:
         owner = json.loads(claim.read_text())
         pid, host = int(owner["pid"]), owner["host"]
     except (OSError, ValueError, KeyError, TypeError):
-        try:
-            return time.time() - claim.stat().st_mtime < 10
-        except OSError:
-            return False
+        return age < 10
     if host != socket.gethostname():
         return True
     try:
@@ -137,8 +170,32 @@ def _alive(claim: Path) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return owner.get("start") is not None and owner.get("start") == _start_time(pid)
+
+
+class _Heartbeat:
+    """Refreshes files' modification times every :data:`HEARTBEAT` seconds while open."""
+
+    def __init__(self, *paths: Path) -> None:
+        self.paths, self.stop = paths, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(HEARTBEAT):
+            for path in self.paths:
+                try:
+                    os.utime(path)
+                except OSError:
+                    pass
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def _claim(out: Path, item_id: str) -> Path | None:
@@ -146,18 +203,62 @@ def _claim(out: Path, item_id: str) -> Path | None:
     claim = out / f".{item_id}.claim"
     for _ in range(2):
         try:
-            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
             if _alive(claim):
                 return None
-            claim.unlink(missing_ok=True)  # left by a dead process
+            claim.unlink(missing_ok=True)  # left by a dead or stale process
             continue
         with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+            json.dump(_owner(), f)
         for stale in out.glob(f".{item_id}.safetensors.*.tmp"):  # a dead writer's temp file
             stale.unlink(missing_ok=True)
         return claim
     return None
+
+
+def _share_cores(out: Path, run_file: Path, threads: int) -> int:
+    """Threads for this run: at most ``threads``, the cores split among this host's live runs."""
+    host = socket.gethostname()
+    live = 0
+    for f in out.glob(".run.*.json"):
+        try:
+            ours = json.loads(f.read_text()).get("host") == host
+        except (OSError, ValueError, AttributeError):
+            continue
+        live += ours and (f == run_file or _alive(f))
+    return max(1, min(threads, (os.cpu_count() or 1) // max(live, 1)))
+
+
+def _check_existing(out: Path, ids: set[str], key: str, overwrite: bool) -> None:
+    """Refuse to overwrite what is not ours, or traces of other settings without ``overwrite``.
+
+    Raises:
+        StoreError: a file named like an item is not a trace of the kit, or (without
+            ``overwrite``) traces carry another settings digest than ``key``.
+    """
+    foreign, other = [], []
+    for path in sorted(out.glob("*.safetensors")):
+        try:
+            found = Trace.read_meta(path).get("settings_digest")
+        except TraceFileError:
+            found = None
+        if found is None:
+            if path.stem in ids:
+                foreign.append(path.name)
+        elif found != key:
+            other.append(path.name)
+    if foreign:
+        raise StoreError(
+            f"'{out}' holds {foreign[:3]} (named like items to trace) that are not traces of "
+            "this kit; it never overwrites them. Move them out, or use another --out folder."
+        )
+    if other and not overwrite:
+        raise StoreError(
+            f"'{out}' holds {len(other)} traces made with other settings (first: {other[:3]}; "
+            f"store.json missing or from an older kit). Use another --out folder, or pass "
+            "--overwrite (overwrite=True) to re-trace them."
+        )
 
 
 def _done(path: Path, settings_digest: str) -> bool:
@@ -229,8 +330,10 @@ def trace_dataset(
     settings = store_settings(
         loaded.name, loaded.precision, items, source, max_new_tokens, **trace_kwargs
     )
-    check_settings(out, settings, overwrite)
+    check_settings(out, settings, overwrite, record=False)
     key = digest(settings)
+    _check_existing(out, {it.id for it in items}, key, overwrite)
+    recorded = False
     for tmp in out.glob(".*.safetensors.*.tmp"):  # temp files of dead writers only
         item_id = tmp.name[1:].split(".safetensors.")[0]
         claim = out / f".{item_id}.claim"
@@ -239,32 +342,75 @@ def trace_dataset(
     run = StoreRun()
     mine = list(items)[process_index::num_processes]
     bar = tqdm(mine, desc=f"trace [{process_index}]", position=process_index, disable=not progress)
-    for item in bar:
-        path, error = out / f"{item.id}.safetensors", out / f"{item.id}.error.json"
-        if _done(path, key):
-            run.done += 1
-            continue
-        claim = _claim(out, item.id)
-        if claim is None:
-            run.elsewhere.append(item.id)
-            continue
-        try:
-            tr = trace(loaded, item.image, item.prompt, max_new_tokens, **trace_kwargs)
-            tr.meta.update(
-                item_id=item.id, image=str(item.image), image_sha256=file_sha256(item.image),
-                settings_digest=key,
+    for old in out.glob(".run.*.json"):  # left by killed runs
+        if not _alive(old):
+            old.unlink(missing_ok=True)
+    run_file = out / f".run.{os.getpid()}.json"
+    write_json(run_file, _owner())
+    threads = torch.get_num_threads()
+    try:
+        for item in bar:
+            recorded = _trace_item(
+                loaded, item, out, max_new_tokens, key, settings, overwrite, keep_going, run,
+                run_file, threads, recorded, trace_kwargs,
             )  # fmt: skip
-            run.written.append(tr.save(path))
-            error.unlink(missing_ok=True)
-        except Exception as exc:
-            if not keep_going:
-                raise
-            message = f"{exc.__class__.__name__}: {exc}"
-            run.failed[item.id] = message
-            write_json(error, {"id": item.id, "image": str(item.image), "error": message})
-        finally:
-            claim.unlink(missing_ok=True)
+    finally:
+        run_file.unlink(missing_ok=True)
+        torch.set_num_threads(threads)
     return run
+
+
+def _trace_item(
+    loaded: LoadedModel,
+    item: Item,
+    out: Path,
+    max_new_tokens: int,
+    key: str,
+    settings: dict[str, Any],
+    overwrite: bool,
+    keep_going: bool,
+    run: StoreRun,
+    run_file: Path,
+    threads: int,
+    recorded: bool,
+    trace_kwargs: dict[str, Any],
+) -> bool:
+    """Trace one item into the store (see :func:`trace_dataset`).
+
+    Returns:
+        Whether ``store.json`` has been written (by this call or an earlier one).
+    """
+    path, error = out / f"{item.id}.safetensors", out / f"{item.id}.error.json"
+    if _done(path, key):
+        run.done += 1
+        return recorded
+    claim = _claim(out, item.id)
+    if claim is None:
+        run.elsewhere.append(item.id)
+        return recorded
+    try:
+        os.utime(run_file)
+        torch.set_num_threads(_share_cores(out, run_file, threads))
+        with _Heartbeat(claim, run_file):
+            tr = trace(loaded, item.image, item.prompt, max_new_tokens, **trace_kwargs)
+        tr.meta.update(
+            item_id=item.id, image=str(item.image), image_sha256=file_sha256(item.image),
+            settings_digest=key,
+        )  # fmt: skip
+        if not recorded:  # only once a trace was made: a run that fails at once leaves none
+            check_settings(out, settings, overwrite)
+            recorded = True
+        run.written.append(tr.save(path))
+        error.unlink(missing_ok=True)
+    except Exception as exc:
+        if not keep_going:
+            raise
+        message = f"{exc.__class__.__name__}: {exc}"
+        run.failed[item.id] = message
+        write_json(error, {"id": item.id, "image": str(item.image), "error": message})
+    finally:
+        claim.unlink(missing_ok=True)
+    return recorded
 
 
 def evaluate_store(store: str | Path, data: str | Path, queries: str = "generative") -> dict:
@@ -307,6 +453,16 @@ def evaluate_store(store: str | Path, data: str | Path, queries: str = "generati
             f"{len(other)} traces in '{store}' were made from other images than '{data}' holds "
             f"for the same ids (first: {other[:5]}); score the store against the dataset it "
             "was traced from."
+        )
+    digests = {}
+    for i, tr in traces.items():
+        digests.setdefault(tr.meta.get("settings_digest"), []).append(i)
+    if len(digests) > 1:
+        counts = ", ".join(f"{len(ids)} with settings {d}" for d, ids in digests.items())
+        raise StoreError(
+            f"'{store}' holds traces made with different settings ({counts}): a run with "
+            "--overwrite did not finish. Run the same `lvlm-kit trace ... --overwrite` again to "
+            "complete it, then evaluate."
         )
     responses = [{"id": int(i), "response": tr.generated_text} for i, tr in traces.items()]
     if queries == "generative":

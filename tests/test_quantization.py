@@ -140,3 +140,32 @@ def test_missing_bitsandbytes_is_one_clear_error(saved_q, monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails
     with pytest.raises(RuntimeError, match="needs the bitsandbytes package.*pip install"):
         load_model(saved_q, quantization="8bit")
+
+
+def test_skip_modules_name_a_part_of_the_path_as_documented(tmp_path):
+    from conftest import make_tiny_llava, save_loaded
+
+    from lvlm_kit.loading import expand_skip_modules
+
+    tiny = make_tiny_llava()
+    assert expand_skip_modules(tiny.model, ["vision_tower", "linear_1"]) == [
+        "model.multi_modal_projector.linear_1",
+        "model.vision_tower",
+    ]
+    assert expand_skip_modules(tiny.model, ["model.vision_tower"]) == ["model.vision_tower"]
+    with pytest.raises(TypeError, match=r"a list of module names, e.g. \['vision_tower'\]"):
+        expand_skip_modules(tiny.model, "vision_tower")  # a string is not 12 one-letter names
+    with pytest.raises(ValueError, match="'vision_towr' names no module.*'model'"):
+        expand_skip_modules(tiny.model, ["vision_towr"])
+    path = save_loaded(tiny, tmp_path / "tiny")
+    with pytest.raises(TypeError, match="a list of module names"):
+        load_model(path, quantization="nf4", skip_modules="vision_tower")
+    kept = load_model(
+        path, quantization="nf4", skip_modules=["vision_tower", "multi_modal_projector"]
+    )
+    kinds = {n: type(m).__name__ for n, m in kept.model.named_modules()
+             if type(m).__name__ in ("Linear", "Linear4bit")}  # fmt: skip
+    vision = {k for n, k in kinds.items() if ".vision_tower." in n or "projector" in n}
+    language = {k for n, k in kinds.items() if ".language_model." in n}
+    assert vision == {"Linear"} and language == {"Linear4bit"}
+    assert sum(k == "Linear" for k in kinds.values()) == 12 + 2 + 1  # tower, projector, head

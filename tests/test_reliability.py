@@ -63,10 +63,102 @@ def test_an_export_is_reused_and_replaced_only_when_its_settings_change(tmp_path
     assert data_mod.read_export_settings(root)["n_images"] == 5
 
 
+def test_a_users_file_inside_a_kit_export_is_never_deleted(tmp_path):
+    root = tmp_path / "testbed"
+    resolve_data("testbed", tmp_path, 2, seed=0)
+    (root / "my_analysis.txt").write_text("mine")
+    before = snapshot(root)
+    with pytest.raises(FileExistsError, match=r"1 file\(s\) export_amber did not write.*"
+                       r"my_analysis.txt.*never deletes them"):  # fmt: skip
+        resolve_data("testbed", tmp_path, 3, seed=0)  # other settings: would re-export
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("marker", ["{}", "[]", "0", '"x"', '{"n_images": 2}', "not json"])
+def test_a_forged_export_marker_does_not_make_a_folder_the_kits(tmp_path, marker):
+    root = tmp_path / "testbed"
+    user_folder(root)
+    (root / data_mod.EXPORT_MARKER).write_text(marker)
+    before = snapshot(root)
+    assert data_mod.read_export_settings(root) is None
+    with pytest.raises(FileExistsError, match="not written by export_amber.*never deletes it"):
+        resolve_data("testbed", tmp_path, 2, seed=0)
+    assert snapshot(root) == before
+
+
+def test_the_export_marker_lists_every_file_it_wrote(tmp_path):
+    root = export_amber(tmp_path / "a", n_images=2, seed=0)
+    marker = json.loads((root / data_mod.EXPORT_MARKER).read_text())
+    on_disk = sorted(str(p.relative_to(root)) + ("/" if p.is_dir() else "")
+                     for p in root.rglob("*") if p.name != data_mod.EXPORT_MARKER)  # fmt: skip
+    assert marker["files"] == on_disk and "data/annotations.json" in on_disk
+    assert data_mod.read_export_settings(root)["n_images"] == 2
+    export_amber(root, n_images=3, seed=0, overwrite=True)  # only its own files: replaced
+    assert data_mod.read_export_settings(root)["n_images"] == 3
+
+
+def test_files_keep_the_users_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        files_mod.write_json(tmp_path / "m.json", {"a": 1})
+        root = export_amber(tmp_path / "e", n_images=2, seed=0)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
+    assert root.stat().st_mode & 0o777 == 0o755
+    assert (root / "data" / "annotations.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_reproduce_refuses_one_output_dir_for_every_notebook(tmp_path):
     with pytest.raises(ValueError, match="OUTPUT_DIR is set per notebook.*--output"):
         run_notebooks(tmp_path / "out", {"OUTPUT_DIR": str(tmp_path)})
     assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match=r"must be Python names.*'OUTPUT_DIR '"):
+        run_notebooks(tmp_path / "out", {"OUTPUT_DIR ": str(tmp_path)})  # a trailing space
+    with pytest.raises(ValueError, match="--only names no notebook"):
+        run_notebooks(tmp_path / "out", {}, only=[])
+    assert not (tmp_path / "out").exists()
+
+
+def test_reproduce_never_overwrites_the_source_notebooks_or_a_users_files(tmp_path):
+    from lvlm_kit.reproduce import NOTEBOOKS
+
+    before = snapshot(NOTEBOOKS)
+    for out in (NOTEBOOKS, NOTEBOOKS / "sub"):
+        with pytest.raises(ValueError, match="notebooks' own folder.*overwrite the source"):
+            run_notebooks(out, {}, only=["00_quickstart"])
+    assert snapshot(NOTEBOOKS) == before
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "00_quickstart.ipynb").write_text('{"cells": [], "metadata": {}}')  # the user's
+    (out / "REPORT.md").write_text("# my notes")
+    mine = snapshot(out)
+    with pytest.raises(ValueError, match="00_quickstart.ipynb, REPORT.md, which the kit did not"):
+        run_notebooks(out, {}, only=["00_quickstart"])
+    assert snapshot(out) == mine
+
+
+def test_the_report_leaves_out_a_failed_notebooks_old_claims_and_a_foreign_file(tmp_path):
+    from test_claims import CFG, C, flat, traces
+
+    from lvlm_kit import claims
+    from lvlm_kit.reproduce import _is_kit_file, write_report
+
+    for name in ("01_a", "03_b"):
+        (tmp_path / name).mkdir()
+        result = claims.near_zero_shallow(traces(), C(flat()), CFG)
+        (tmp_path / name / "claims.json").write_text(json.dumps([result.as_dict()]))
+        (tmp_path / name / "metrics.json").write_text("{}")
+    (tmp_path / "04_c").mkdir()
+    (tmp_path / "04_c" / "claims.json").write_text('{"mine": 1}')
+    md, page = write_report(tmp_path, {"03_b": "ParameterError: bad"})
+    text = md.read_text()
+    assert "Claims measured: 1;" in text and "(notebook `03_b`)" not in text
+    assert "**Notebook 03_b failed** (ParameterError: bad); its claims are missing." in text
+    assert "**04_c/claims.json is not the kit's**" in text
+    html = page.read_text()
+    assert "Notebook 03_b failed (ParameterError: bad)" in html and html.count("<tr>") == 2
+    assert _is_kit_file(md) and _is_kit_file(page)
 
 
 def test_two_images_with_one_stem_are_two_items(tmp_path, tiny_llava):
@@ -210,9 +302,12 @@ def test_claims_of_live_runs_are_respected_and_dead_ones_taken_over(tmp_path, ti
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
     import socket
 
+    from lvlm_kit import store as store_mod
+
     host = socket.gethostname()
     try:
-        (out / ".a.png.claim").write_text(json.dumps({"pid": live.pid, "host": host}))
+        owner = {"pid": live.pid, "host": host, "start": store_mod._start_time(live.pid)}
+        (out / ".a.png.claim").write_text(json.dumps(owner))
         (out / ".a.png.safetensors.x1.tmp").write_bytes(b"being written")  # the live writer's
         (out / ".b.png.claim").write_text(json.dumps({"pid": int(dead), "host": host}))
         (out / ".b.png.safetensors.x2.tmp").write_bytes(b"left by a dead run")
@@ -225,6 +320,152 @@ def test_claims_of_live_runs_are_respected_and_dead_ones_taken_over(tmp_path, ti
     finally:
         live.kill()
         live.wait()
+
+
+def test_claims_that_never_expire_are_taken_over(tmp_path, tiny_llava):
+    import socket
+
+    from lvlm_kit import store as store_mod
+
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(pics / name)
+    out = tmp_path / "store"
+    out.mkdir()
+    host = socket.gethostname()
+    old = time_now() - store_mod.STALE_AFTER - 60
+    claims = {
+        "a.png": {"pid": 1, "host": host, "start": "0"},  # pid 1 runs, but not this claim's
+        "b.png": {"pid": os.getpid(), "host": host, "start": "12"},  # a reused pid
+        "c.png": {"pid": 4242, "host": "elsewhere"},  # another host, no heartbeat for long
+        "d.png": {"pid": 4242, "host": "elsewhere"},  # another host, fresh: respected
+    }
+    for name, owner in claims.items():
+        (out / f".{name}.claim").write_text(json.dumps(owner))
+    os.utime(out / ".c.png.claim", (old, old))
+    run = trace_dataset(tiny_llava, dataset_items(pics, PROMPT), out, 2, progress=False)
+    assert sorted(p.name for p in run.written) == [f"{n}.png.safetensors" for n in "abc"]
+    assert run.elsewhere == ["d.png"] and (out / ".d.png.claim").exists()
+    out2 = tmp_path / "store2"
+    out2.mkdir()
+    (out2 / ".d.png.claim").write_text(json.dumps(claims["d.png"]))
+    rc = main(["trace", "--model", str(save_tiny(tmp_path)), "--data", str(pics), "--out",
+               str(out2), "--prompt", PROMPT, "--max-new-tokens", "2"])  # fmt: skip
+    assert rc == 1  # an item left untraced is not a success
+
+
+def time_now():
+    import time
+
+    return time.time()
+
+
+def save_tiny(tmp_path):
+    from conftest import save_loaded
+
+    path = tmp_path / "tiny"
+    if not path.exists():
+        save_loaded(make_tiny_llava(), path)
+    return path
+
+
+def test_concurrent_runs_on_one_machine_share_the_cores(tmp_path, tiny_llava, monkeypatch):
+    import socket
+
+    from lvlm_kit import store as store_mod
+
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(pics / "a.png")
+    out = tmp_path / "store"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    seen = []
+    real = store_mod.trace
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store_mod, "trace", spy)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(8)
+    try:
+        owner = {"pid": other.pid, "host": socket.gethostname(),
+                 "start": store_mod._start_time(other.pid)}  # fmt: skip
+        (out / f".run.{other.pid}.json").write_text(json.dumps(owner))
+        trace_dataset(tiny_llava, dataset_items(pics, PROMPT), out, 2, progress=False)
+        assert seen == [4]  # two live runs on 8 cores
+        assert torch.get_num_threads() == 8  # given back
+        assert not (out / f".run.{os.getpid()}.json").exists()
+    finally:
+        torch.set_num_threads(threads)
+        other.kill()
+        other.wait()
+
+
+def test_a_store_without_store_json_still_refuses_other_settings(store, tmp_path, tiny_llava):
+    amber, src = store
+    out = tmp_path / "copy"
+    out.mkdir()
+    for p in src.glob("*.safetensors"):
+        (out / p.name).write_bytes(p.read_bytes())  # store.json deleted (or an older kit's)
+    before = snapshot(out)
+    items = dataset_items(amber)
+    with pytest.raises(StoreError, match="3 traces made with other settings.*store.json missing"):
+        trace_dataset(tiny_llava, items, out, 3, source=str(amber), progress=False)
+    assert snapshot(out) == before
+    run = trace_dataset(tiny_llava, items, out, 2, source=str(amber), progress=False)
+    assert run.done == 3 and not run.written  # same settings: nothing to do
+
+
+def test_a_file_named_like_an_item_that_is_not_a_trace_is_never_replaced(tmp_path, tiny_llava):
+    amber = export_amber(tmp_path / "amber", n_images=2, seed=1)
+    out = tmp_path / "store"
+    out.mkdir()
+    (out / "1.safetensors").write_bytes(b"\x00" * 4096)  # the user's weights, say
+    before = snapshot(out)
+    with pytest.raises(StoreError, match=r"\['1.safetensors'\].*not traces of this kit"):
+        trace_dataset(tiny_llava, dataset_items(amber), out, 2, progress=False)
+    assert snapshot(out) == before
+
+
+def test_a_store_of_mixed_settings_is_not_scored(store, tmp_path, tiny_llava):
+    amber, src = store
+    out = tmp_path / "mixed"
+    out.mkdir()
+    for p in src.glob("*"):
+        (out / p.name).write_bytes(p.read_bytes())
+    first = sorted(out.glob("*.safetensors"))[0]
+    tr = Trace.load(first)
+    tr.meta["settings_digest"] = "0" * 16  # what a killed --overwrite leaves
+    tr.save(first)
+    with pytest.raises(StoreError, match="different settings.*did not finish.*--overwrite"):
+        evaluate_store(out, amber)
+
+
+def test_a_first_run_that_fails_at_once_leaves_no_settings_behind(tmp_path, tiny_llava):
+    amber = export_amber(tmp_path / "amber", n_images=2, seed=1)
+    out = tmp_path / "store"
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        trace_dataset(tiny_llava, dataset_items(amber), out, 0, progress=False)
+    assert not (out / "store.json").exists()
+    run = trace_dataset(tiny_llava, dataset_items(amber), out, 2, progress=False)
+    assert len(run.written) == 2
+
+
+def test_evaluate_prints_the_scores_before_a_full_disk_can_lose_them(store, capsys, monkeypatch):
+    amber, out = store
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files_mod, "write_json", full)
+    assert main(["evaluate", "--store", str(out), "--data", str(amber)]) == 1
+    printed = capsys.readouterr()
+    assert '"chair"' in printed.out and "No space left on device" in printed.err
 
 
 # ---- 5. errors that say what to do, before the work -----------------------------------
@@ -340,3 +581,45 @@ def test_reproduce_goes_on_after_a_failing_notebook_and_says_so(tmp_path, capsys
     )
     assert (out / "00_quickstart" / "metrics.json").is_file()  # the other one ran
     assert "**Notebook 06_features_vqa failed** (ParameterError" in (out / "REPORT.md").read_text()
+
+
+def test_a_utf16_amber_file_and_a_folder_named_like_an_image_are_named(tmp_path):
+    root = export_amber(tmp_path / "a", n_images=2, seed=0)
+    ann = root / "data" / "annotations.json"
+    ann.write_bytes(ann.read_text().encode("utf-16"))
+    with pytest.raises(ValueError, match="annotations.json' is not UTF-8 text.*iconv"):
+        read_amber(root)
+    (tmp_path / "x.png").mkdir()
+    with pytest.raises(IsADirectoryError, match="'.*x.png' is a folder, not an image file"):
+        load_image(tmp_path / "x.png")
+
+
+def test_the_testbed_vqa_images_never_replace_a_users_files(tmp_path):
+    items = vqa_items("testbed", tmp_path, ["boat"], 2, seed=0)
+    folder = tmp_path / "vqa_images"
+    assert [p.name for p in sorted(folder.glob("*.png"))] == ["boat_0.png", "boat_1.png"]
+    assert vqa_items("testbed", tmp_path, ["boat"], 2, seed=0) == items  # reused
+    (folder / "boat_5.png").write_bytes(b"my figure")
+    before = snapshot(folder)
+    with pytest.raises(FileExistsError, match="1 file.*vqa_items did not write.*boat_5.png"):
+        vqa_items("testbed", tmp_path, ["boat"], 6, seed=0)  # would write boat_5.png
+    assert snapshot(folder) == before
+    mine = tmp_path / "other"
+    user_folder(mine / "vqa_images")
+    with pytest.raises(FileExistsError, match="not written by vqa_items"):
+        vqa_items("testbed", mine, ["boat"], 1, seed=0)
+
+
+def test_an_older_kits_export_is_taken_over_only_when_it_is_what_the_kit_wrote(tmp_path):
+    root = export_amber(tmp_path / "testbed", n_images=2, seed=0)
+    settings = data_mod.read_export_settings(root)
+    (root / data_mod.EXPORT_MARKER).write_text(json.dumps(settings))  # an older kit's marker
+    assert data_mod.read_export_settings(root) is None
+    resolve_data("testbed", tmp_path, 3, seed=0)  # its files are the kit's: replaced
+    assert data_mod.read_export_settings(root)["n_images"] == 3
+    (root / data_mod.EXPORT_MARKER).write_text(json.dumps(data_mod.read_export_settings(root)))
+    (root / "data" / "annotations.json").write_text("{}")  # edited by hand
+    before = snapshot(root)
+    with pytest.raises(FileExistsError, match="its files are not what the kit writes"):
+        resolve_data("testbed", tmp_path, 2, seed=0)
+    assert snapshot(root) == before
