@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml $(LOCK) requirements/torch.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m ruff check lvlm_kit tests benchmarks notebooks
+	$(PY) -m ruff check lvlm_kit tests benchmarks notebooks colab
 	$(PY) -m pytest -q -n 2 --timeout=600 --durations=10 tests -m "not kernels"
 	$(PY) -m pytest -q --timeout=600 --durations=5 tests -m kernels
 	$(MAKE) test-torchvision
@@ -83,8 +83,8 @@ unit: $(STAMP)
 	$(PY) -m pytest -q -n 2 --timeout=600 tests -m "not slow"
 
 lint: $(STAMP)
-	$(PY) -m ruff check lvlm_kit tests benchmarks notebooks
-	$(PY) -m ruff format --check lvlm_kit tests benchmarks notebooks
+	$(PY) -m ruff check lvlm_kit tests benchmarks notebooks colab
+	$(PY) -m ruff format --check lvlm_kit tests benchmarks notebooks colab
 
 reproduce: $(STAMP)
 	$(PY) -m lvlm_kit.reproduce --output outputs

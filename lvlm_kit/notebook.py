@@ -17,7 +17,15 @@ import torch
 from .data import TESTBED_DATA
 from .files import write_json
 from .lens import NORM_POLICIES
-from .loading import DTYPES, QUANTIZATIONS, REPO_ROOT, LoadedModel, check_device_map, load_model
+from .loading import (
+    DTYPES,
+    QUANTIZATIONS,
+    REPO_ROOT,
+    LoadedModel,
+    base_llm,
+    check_device_map,
+    load_model,
+)
 from .plots import save_figure
 
 
@@ -66,7 +74,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, list) and bool(v) and all(_positive_int(k) for k in v),
         "a non-empty list of ints of at least 1",
     ),
-    "LLM_MODEL": (lambda v: v is None or _text(v), "None or a causal LM id / folder"),
+    "LLM_MODEL": (
+        lambda v: v is None or _text(v),
+        "'auto' (the base LLM of MODEL), None or a causal LM id / folder",
+    ),
     "LLM_PROMPTS": (_texts, "a non-empty list of prompts"),
     "VARIANTS": (
         lambda v: isinstance(v, list) and bool(v) and all(q in QUANTIZATIONS and q for q in v),
@@ -134,6 +145,8 @@ def start(name: str, **parameters: Any) -> tuple[Path, LoadedModel]:
         ParameterError: a parameter the notebook cannot use (before the model loads).
     """
     check_parameters(parameters)
+    if parameters.get("LLM_MODEL") == "auto":
+        llm_model(parameters["MODEL"], "auto")  # an unknown base LLM stops before any load
     out = Path(parameters["OUTPUT_DIR"] or output_root() / name).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(parameters["SEED"])
@@ -143,6 +156,20 @@ def start(name: str, **parameters: Any) -> tuple[Path, LoadedModel]:
     print(f"{parameters['MODEL']}: {lm.anatomy.n_layers} decoder layers, {lm.precision}; "
           f"outputs in {out}")  # fmt: skip
     return out, lm
+
+
+def llm_model(model: str, llm: str | None) -> str | None:
+    """Notebook 07's ``LLM_MODEL``: ``"auto"`` becomes the base LLM of ``model``.
+
+    Raises:
+        ParameterError: ``"auto"`` for a model whose base LLM the kit does not know.
+    """
+    if llm != "auto":
+        return llm
+    try:
+        return base_llm(model)
+    except KeyError as exc:
+        raise ParameterError(f"parameter LLM_MODEL='auto': {exc.args[0]}") from None
 
 
 def show(fig: plt.Figure, output_dir: str | Path, name: str) -> Path:

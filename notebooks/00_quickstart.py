@@ -130,8 +130,9 @@ explorer.widget
 # ## 4. The same table without widgets (for headless runs)
 #
 # The top-3 candidates of every layer for the second generated token. **What to look for:**
-# the shallow layers' candidates are unrelated words with small probabilities; from some
-# layer on the emitted token is top-1 (`rank(emitted)` = 0) and its probability grows.
+# which layers' candidates are unrelated to the emitted word (and how sure the lens is of
+# them there); from which layer on the emitted token is top-1 (rank zero), and how its
+# probability grows.
 
 # %%
 topk_table(tr, min(1, tr.n_tokens - 1), k=3)

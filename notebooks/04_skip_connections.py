@@ -55,6 +55,8 @@ OUTPUT_DIR = None  # None: outputs/<notebook> in the repository, else ./outputs/
 # Check the parameters (a bad value stops here, before anything loads), load the model named by `MODEL` (the embedded testbed by default) and make the output folder; figures and `metrics.json` are written there.
 
 # %%
+import math
+
 import torch
 
 from lvlm_kit import data, notebook, plots, trace
@@ -75,55 +77,61 @@ OUTPUT_DIR, lm = notebook.start(
 )
 
 # %% [markdown]
-# ## 1. Detect the stages
+# ## 1. Detect the stages on half of the images
 #
-# The skip presets are defined by the stages, so they are detected first, from a plain
-# trace of every image (notebook 03 explains the detection). `skip_preset` turns the
-# stages into lists of decoder layers to remove from the forward pass: skip.1 drops the
-# stabilisation stage (critical layer to the first mutation layer), skip.2 only the
-# mutation layers, skip.3 everything from the critical layer to the last few layers.
-# Skipping happens inside `generate` with the KV cache intact (`lvlm_kit.surgery`).
+# The skip presets are defined by the stages, so they are detected first, from plain
+# traces of the images at even positions (notebook 03 explains the detection); the presets
+# are then judged on the other images, so that no image both chooses the layers and scores
+# them. `claims.preset_layers` turns the stages into lists of decoder layers to remove from
+# the forward pass: skip.1 drops the stabilisation stage (critical layer to the first
+# mutation layer), skip.2 only the mutation layers, skip.3 everything from the critical
+# layer to the last few layers. Beside each preset it draws random sets of as many layers
+# after the critical layer: if those do the same, it is the number of layers skipped, not
+# which, that matters. Skipping happens inside `generate` with the KV cache intact
+# (`lvlm_kit.surgery`).
 #
 # **What to look for:** the printed critical and mutation layers and the layers each
-# preset skips (a preset the stages cannot define is named with the reason).
+# preset skips (a preset the stages cannot define is missing from the list).
 
 # %%
+import dataclasses
+
 import pandas as pd
 from tqdm.auto import tqdm
 
 from lvlm_kit import claims
-from lvlm_kit.stages import PRESETS, detect_stages, skip_preset
+from lvlm_kit.stages import detect_stages
 
+config = claims.ClaimConfig()
 amber = data.resolve_amber(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 images = [amber.image_path(q) for q in amber.queries]
 traces = [
     trace(lm, im, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM) for im in tqdm(images, desc="trace")
 ]
-st = detect_stages(traces)
-presets = {}
-for name in PRESETS:
-    try:
-        presets[name] = skip_preset(st, name)
-    except ValueError as err:
-        print(f"{name}: {err}")
+st = detect_stages(traces[0::2])
+presets = claims.preset_layers(st, config, SEED)
+judged = dataclasses.replace(amber, queries=amber.queries[1::2])
 print(
-    f"critical layer {st.critical_layer}, mutation layers {st.mutation_layers}; "
-    f"skipped decoder layers: {presets}"
+    f"critical layer {st.critical_layer}, mutation layers {st.mutation_layers} (from "
+    f"{len(traces[0::2])} images; {len(judged.queries)} images judged); skipped decoder "
+    f"layers: { {k: v[0] for k, v in presets.items() if not k.startswith('random.')} }"
 )
 
 # %% [markdown]
 # ## 2. Generate with each skip preset, and count what each keeps and hallucinates
 #
-# For every image: the nouns of each description that AMBER's scorer keeps, those that
-# are hallucinated, and the word overlap with plain decoding. The images are probe scenes
-# with a planted prior's A and without its B, where the testbed tends to hallucinate B.
+# For every judged image: the nouns of each description that AMBER's scorer keeps, those
+# that are hallucinated, the annotated objects it names (for Cover), and the word overlap
+# with plain decoding. The images are probe scenes with a planted prior's A and without its
+# B, where the testbed tends to hallucinate B.
 #
 # **What to look for:** the first three descriptions of each preset side by side: which
 # presets still describe the scene, and which start naming things that are not there.
 
 # %%
-counts, texts = claims.preset_counts(lm, amber, traces, st, PROMPT, MAX_NEW_TOKENS)
-pd.DataFrame({name: t[:3] for name, t in texts.items()})
+plain = [t.generated_text for t in traces[1::2]]
+counts, texts = claims.preset_counts(lm, judged, plain, presets, PROMPT, MAX_NEW_TOKENS)
+pd.DataFrame({name: t[:3] for name, t in texts.items() if not name.startswith("random.")})
 
 # %% [markdown]
 # ## 3. Fig. 5: what each preset keeps and what it hallucinates
@@ -131,19 +139,21 @@ pd.DataFrame({name: t[:3] for name, t in texts.items()})
 # The paper's Fig. 5 shows one image's description under each preset: skip.1 nearly
 # unchanged (its hallucination included), skip.2 unchanged except that the hallucinated
 # object is gone, skip.3 with more hallucination. Here the same comparison is counted over
-# all images: CHAIR and Hal of each preset and its word overlap with plain decoding.
+# the judged images: CHAIR, Cover and Hal of each preset, its word overlap with plain
+# decoding, and the same for random sets of as many layers (`random.skip1`, ...).
 #
 # **What to look for:** skip.1's overlap with plain decoding (the paper: almost 1), skip.2's
-# CHAIR against plain's (the paper: lower), skip.3's CHAIR against skip.2's (the paper:
-# higher).
+# CHAIR against plain's (the paper: lower, with Cover kept), skip.3's CHAIR against plain's
+# (the paper: higher), each against its random sets.
 
 # %%
 table = {
     name: {
         "chair": counts.hallucinated[name].sum() / max(counts.nouns[name].sum(), 1),
+        "cover": counts.covered[name].sum() / max(counts.truth[name].sum(), 1),
         "hal": float((counts.hallucinated[name] > 0).mean()),
         "overlap_with_plain": float(counts.overlap[name].mean()),
-        "skipped": presets.get(name, []),
+        "skipped": presets.get(name, [[]])[0],
         "per_image": [
             {"nouns": int(n), "hallucinated": int(h)}
             for n, h in zip(counts.nouns[name], counts.hallucinated[name])
@@ -151,37 +161,46 @@ table = {
     }
     for name in texts
 }
-notebook.show(plots.decoding_bars(table, model=lm.name), OUTPUT_DIR, "fig5_skip_presets")
+first = {name: t[0] for name, t in texts.items() if not name.startswith("random.")}
+notebook.show(
+    plots.decoding_bars(table, model=lm.name, texts=first), OUTPUT_DIR, "fig5_skip_presets"
+)
+chair = {name: row["chair"] for name, row in table.items()}
+overlap = {name: row["overlap_with_plain"] for name, row in table.items()}
+for name in [n for n in ("skip1", "skip2", "skip3") if n in table]:
+    print(
+        f"{name} (decoder layers {table[name]['skipped']} skipped): word overlap with plain "
+        f"{overlap[name]:.2f} (random sets of as many layers: "
+        f"{overlap.get('random.' + name, math.nan):.2f}); CHAIR {chair[name]:.2f} against "
+        f"plain {chair['plain']:.2f} (random sets: {chair.get('random.' + name, math.nan):.2f})"
+    )
 pd.DataFrame(table).T
 
 # %% [markdown]
-# **What the testbed shows.** skip.1 (layers 3-8 skipped) keeps less than half of the words
-# (overlap 0.45) and hallucinates far more (CHAIR 0.45 against 0.12): the testbed's middle
-# layers are not idle. skip.2 (layers 9-10) keeps most of the description (overlap 0.70) but
-# does not lower CHAIR here (0.21; claim 10 inconclusive), and skip.3 hallucinates most
-# (0.65): the paper's ordering of skip.2 and skip.3 holds, its skip.1 does not.
-#
 # ## 4. The claims, with 95% confidence intervals and noise controls
 #
 # Each claim becomes one statistic with a bootstrap interval over the images and a
 # threshold that says in numbers what the paper says in words (`lvlm_kit.claims`). The
 # same images go through two noise copies of the model: one re-initialised, one with each
-# weight tensor's entries permuted (the model's own weight norms, no learnt structure). A
-# statistic that holds on noise says nothing about what the model learnt. Verdicts are
+# weight tensor's entries permuted (the model's own weight norms, no learnt structure);
+# they skip the model's layers. A third control is the model itself with the random sets
+# of as many layers skipped. A statistic that holds on a control says nothing about the
+# layers the stages chose. Verdicts are
 # *shown* (the model beats both controls), *not shown*, *inconclusive* (an interval
 # straddles the threshold) or *inconclusive (no control)* (a control has no value).
 
 # %%
+from lvlm_kit.generation import generate_texts
+
+judged_images = [judged.image_path(q) for q in judged.queries]
 control_counts = {}
 for name, control in claims.controls(lm, SEED).items():
-    control_traces = [
-        trace(control, im, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM)
-        for im in tqdm(images, desc=name)
-    ]
-    control_counts[name], _ = claims.preset_counts(
-        control, amber, control_traces, detect_stages(control_traces), PROMPT, MAX_NEW_TOKENS
+    control_plain = generate_texts(
+        control, judged_images, [PROMPT] * len(judged_images), MAX_NEW_TOKENS, desc=name
     )
-config = claims.ClaimConfig()
+    control_counts[name], _ = claims.preset_counts(
+        control, judged, control_plain, presets, PROMPT, MAX_NEW_TOKENS
+    )
 results = [
     claims.skip1_keeps(counts, control_counts, config),
     claims.skip2_fewer(counts, control_counts, config),

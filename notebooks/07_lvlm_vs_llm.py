@@ -16,10 +16,10 @@
 # %% [markdown]
 # # 07 · LVLM vs its language model alone (paper §6)
 #
-# **Paper claim.** The same analyses on the text-only LLM show no clear hierarchy (critical split) and no mutations. LLaVA was built on Vicuna; the testbed LVLM was built the same way on its own base language model, `testbed-llm` (trained on the world's text alone, then extended with the vision tower and instruction-tuned), and that base model is the default here. For LLaVA pass `-p LLM_MODEL lmsys/vicuna-7b-v1.5`; `-p LLM_MODEL None` runs the LVLM's own decoder without an image.
+# **Paper claim.** The same analyses on the text-only LLM show no clear hierarchy (critical split) and no mutations. LLaVA was built on Vicuna; the testbed LVLM was built the same way on its own base language model, `testbed-llm` (trained on the world's text alone, then extended with the vision tower and instruction-tuned), and `LLM_MODEL="auto"` picks the base model of `MODEL` (the testbed's `testbed-llm`, LLaVA-1.5-7B's Vicuna-7B v1.5, or stops with the fix for a model it does not know); `-p LLM_MODEL None` runs the LVLM's own decoder without an image.
 #
 # Run on LLaVA-1.5-7B (GPU):
-# `papermill 07_lvlm_vs_llm.ipynb out.ipynb -p MODEL llava-hf/llava-1.5-7b-hf -p LLM_MODEL lmsys/vicuna-7b-v1.5 -p QUANTIZATION 4bit -p DATA /path/to/AMBER`
+# `papermill 07_lvlm_vs_llm.ipynb out.ipynb -p MODEL llava-1.5-7b -p QUANTIZATION 4bit -p DATA /path/to/AMBER` (the base LLM, Vicuna-7B v1.5, follows from `MODEL`)
 
 # %%
 # Setup. In a checkout, `make reproduce` / `make test` install the kit. Anywhere else (Colab,
@@ -50,7 +50,7 @@ MAX_NEW_TOKENS = 48
 N_IMAGES = 24
 SEED = 0
 OUTPUT_DIR = None  # None: outputs/<notebook> in the repository, else ./outputs/<notebook>
-LLM_MODEL = "testbed-llm"  # the base LLM (id / folder), or None: the LVLM without images
+LLM_MODEL = "auto"  # "auto": MODEL's base LLM; or an id / folder; None: the LVLM, no image
 LLM_PROMPTS = [
     "describe this image.",
     "please describe this image in detail.",
@@ -87,6 +87,8 @@ OUTPUT_DIR, lm = notebook.start(
     LLM_MODEL=LLM_MODEL,
     LLM_PROMPTS=LLM_PROMPTS,
 )
+LLM_MODEL = notebook.llm_model(MODEL, LLM_MODEL)
+print(f"base LLM: {LLM_MODEL or 'the LVLM itself, without an image'}")
 items = data.resolve_data(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 
 
@@ -130,7 +132,9 @@ pd.DataFrame({"LVLM": st_lvlm.summary(), "LLM": st_llm.summary()})
 
 # %%
 notebook.show(
-    plots.js_curve(st_lvlm, {"LLM alone": llm_traces}, traces=lvlm_traces),
+    plots.js_curve(
+        st_lvlm, {"LLM alone (text)": llm_traces}, traces=lvlm_traces, label="LVLM (with images)"
+    ),
     OUTPUT_DIR,
     "js_lvlm_vs_llm",
 )
@@ -156,35 +160,34 @@ for name, s in (("LVLM", st_lvlm), ("LLM alone", st_llm)):
 #
 # Each claim becomes one statistic with a bootstrap interval over the images and the LLM's prompts and a
 # threshold that says in numbers what the paper says in words (`lvlm_kit.claims`). The
-# same images go through two noise copies of the model: one re-initialised, one with each
-# weight tensor's entries permuted (the model's own weight norms, no learnt structure). A
-# statistic that holds on noise says nothing about what the model learnt. Verdicts are
+# same images go through two noise copies of each model (the LVLM's and the LLM's get the
+# same kinds): one re-initialised, one with each weight tensor's entries permuted (the
+# model's own weight norms, no learnt structure), each made to emit its model's own words
+# (teacher forcing). A statistic that holds on noise says nothing about what the model
+# learnt. Mutations are counted on half of the images and prompts, at the critical layer
+# detected on the other half. Verdicts are
 # *shown* (the model beats both controls), *not shown*, *inconclusive* (an interval
 # straddles the threshold) or *inconclusive (no control)* (a control has no value).
 
 # %%
 from lvlm_kit import claims
 
-lvlm_controls = claims.controls(lm, SEED)
-llm_controls = lvlm_controls if LLM_MODEL is None else claims.controls(llm, SEED)
+lvlm_forced = claims.control_traces(
+    lm, lvlm_traces, [it.image for it in items], PROMPT, SEED, lens_norm=LENS_NORM
+)
+llm_forced = claims.control_traces(
+    lm if LLM_MODEL is None else llm,
+    llm_traces,
+    [None] * len(llm_traces),
+    LLM_PROMPTS,
+    SEED,
+    lens_norm=LENS_NORM,
+)
 control_pairs = {
-    name: (
-        claims.TraceSet.of(
-            [
-                trace(lvlm_controls[name], it.image, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM)
-                for it in tqdm(items, desc=f"{name} LVLM")
-            ]
-        ),
-        claims.TraceSet.of(
-            [
-                trace(llm_controls[name], None, p, MAX_NEW_TOKENS, lens_norm=LENS_NORM)
-                for p in tqdm(LLM_PROMPTS, desc=f"{name} LLM")
-            ]
-        ),
-    )
-    for name in lvlm_controls
+    name: (claims.TraceSet.of(lvlm_forced[name]), claims.TraceSet.of(llm_forced[name]))
+    for name in lvlm_forced
 }
-model_pair = (claims.TraceSet(lvlm_traces, st_lvlm), claims.TraceSet(llm_traces, st_llm))
+model_pair = (claims.TraceSet.of(lvlm_traces), claims.TraceSet.of(llm_traces))
 results = [claims.llm_fewer_mutations(model_pair, control_pairs, claims.ClaimConfig())]
 verdicts = notebook.record_claims(results, OUTPUT_DIR)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -33,9 +34,9 @@ WEIGHTS = ROOT / "lvlm_kit" / "testbed" / "weights" / "lvlm" / "model.safetensor
 #: The main figure of each notebook, shown in the README's gallery.
 GALLERY = {
     "00_quickstart": "token_probabilities.png",
-    "01_token_probabilities": "fig2_token_probabilities.png",
+    "01_token_probabilities": "fig2_mean_probability.png",
     "02_hallucination_trajectories": "fig3_trajectories.png",
-    "03_js_divergence": "fig4_js_stages.png",
+    "03_js_divergence": "fig4_js_heatmap.png",
     "04_skip_connections": "fig5_skip_presets.png",
     "05_features_single_image": "fig6_tsne.png",
     "06_features_vqa": "fig7_tsne.png",
@@ -93,6 +94,7 @@ def pinned_from_outputs(outputs: Path) -> dict:
                 claim_id(c): {
                     "paper": c["paper"],
                     "figure": c["figure"],
+                    "paper_number": c["paper_number"],
                     "statistic": c["statistic"],
                     "rule": c["rule"],
                     "value": _num(c["model"]["value"]),
@@ -109,26 +111,59 @@ def pinned_from_outputs(outputs: Path) -> dict:
     return pinned
 
 
+def _count_line(rows: list[dict], what: str) -> str:
+    verdicts = ("shown", "not shown", "inconclusive", "inconclusive (no control)")
+    n = {v: sum(c["verdict"] == v for c in rows) for v in verdicts}
+    return (f"**{what}: {len(rows)} measured — shown {n['shown']}, not shown "
+            f"{n['not shown']}, inconclusive {n['inconclusive']}, no control "
+            f"{n['inconclusive (no control)']}.**")  # fmt: skip
+
+
+def _measured(c: dict) -> str:
+    text = "n/a" if c["value"] is None else f"{c['value']:.3g}"
+    if c["low"] is not None:
+        text += f" [{c['low']:.3g}, {c['high']:.3g}]"
+    return text
+
+
+def _controls(c: dict) -> str:
+    return "; ".join(f"{k} {'n/a' if v is None else f'{v:.3g}'}" for k, v in c["controls"].items())
+
+
 def render_table(pinned: dict) -> str:
-    """The README's results table: one row per claim, from the pinned numbers."""
-    rows = [
-        "| # | claim | notebook | statistic (rule) | testbed [95% CI] | noise controls | verdict |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    """The README's findings: the paper's claims, then the kit's own checks, each with a count."""
     claims = sorted(
         ((n, name, c) for name, p in pinned.items() for n, c in p["claims"].items()),
         key=lambda x: (claim_number(x[0]), x[0]),
     )
-    for n, name, c in claims:
-        measured = "n/a" if c["value"] is None else f"{c['value']:.3g}"
-        if c["low"] is not None:
-            measured += f" [{c['low']:.3g}, {c['high']:.3g}]"
-        control = "; ".join(
-            f"{k} {'n/a' if v is None else f'{v:.3g}'}" for k, v in c["controls"].items()
-        )
+    paper = [(n, name, c) for n, name, c in claims if claim_number(n) <= 15]
+    kit = [(n, name, c) for n, name, c in claims if claim_number(n) > 15]
+    rows = [
+        _count_line([c for _, _, c in paper], "The paper's claims on the testbed"),
+        "",
+        "| # | the paper's claim | paper (figure: what it reports) | statistic (rule) | "
+        "testbed [95% CI] | controls | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n, name, c in paper:
         rows.append(
-            f"| {n} | {c['paper']} ({c['figure']}) | {name[:2]} | {c['statistic']} "
-            f"({c['rule']}) | {measured} | {control} | **{c['verdict']}** |"
+            f"| {n} | {c['paper']} | {c['figure']}: {c['paper_number']} | {c['statistic']} "
+            f"({c['rule']}; notebook {name[:2]}) | {_measured(c)} | {_controls(c)} | "
+            f"**{c['verdict']}** |"
+        )
+    rows += [
+        "",
+        _count_line(
+            [c for _, _, c in kit], "The kit's own checks of a quantized run (notebook 09)"
+        ),
+        "",
+        "| # | check | statistic (rule) | testbed [95% CI] | control | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n, _, c in kit:
+        rows.append(
+            f"| {n} | {c['paper']} | {c['statistic']} ({c['rule']}) | {_measured(c)} | "
+            f"{_controls(c)} | **{c['verdict']}** |"
         )
     return "\n".join(rows)
 
@@ -138,6 +173,21 @@ def readme_with_table(readme: str, table: str, start: str = START, end: str = EN
     head, rest = readme.split(start, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{start}\n{table}\n{end}{tail}"
+
+
+#: A pinned number in the README's prose: ``<!-- pin:NOTEBOOK.KEY:FORMAT -->text<!-- /pin -->``
+#: (FORMAT a format spec, e.g. ``.0%``), rewritten from the pinned metrics.
+PIN = re.compile(r"<!-- pin:(\w+)\.(\w+):(\S+) -->(.*?)<!-- /pin -->")
+
+
+def readme_with_values(readme: str, pinned: dict) -> str:
+    """``readme`` with every inline pinned number rewritten from ``pinned``."""
+
+    def value(m: re.Match) -> str:
+        name, key, spec = m.group(1), m.group(2), m.group(3)
+        return f"<!-- pin:{name}.{key}:{spec} -->{pinned[name]['metrics'][key]:{spec}}<!-- /pin -->"
+
+    return PIN.sub(value, readme)
 
 
 def sha256(path: Path) -> str:
@@ -182,7 +232,7 @@ def main(outputs: str) -> None:
     refresh_gallery(Path(outputs))
     readme = readme_with_table(README.read_text(), render_table(pinned))
     readme = readme_with_table(readme, render_gallery(pinned), GALLERY_START, GALLERY_END)
-    README.write_text(readme)
+    README.write_text(readme_with_values(readme, pinned))
     print(f"pinned {sum(len(p['claims']) for p in pinned.values())} claims to {EXPECTED}; "
           f"gallery in {GALLERY_DIR}")  # fmt: skip
 

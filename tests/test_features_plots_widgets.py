@@ -2,6 +2,7 @@ import dataclasses
 
 import matplotlib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -79,10 +80,12 @@ def test_means_are_drawn_with_confidence_intervals(tr):
     assert len(band) == 1
     lows, highs = band[0].get_paths()[0].vertices[:, 1].min(), max(st.js_curve)
     assert lows <= min(st.js_curve) and highs >= 0
-    per_image = [{"nouns": 4, "hallucinated": h} for h in (0, 1, 2, 0)]
+    per_image = [{"nouns": n, "hallucinated": h} for n, h in ((2, 0), (8, 1), (4, 2), (2, 0))]
     ax = plots.decoding_bars({"plain": {"per_image": per_image}}).axes[0]
     bars = {round(p.get_height(), 4) for p in ax.patches if p.get_height() > 0}
-    assert bars == {0.1875, 0.5}  # mean per-image CHAIR (0, .25, .5, 0) and Hal (0, 1, 1, 0)
+    # CHAIR pooled as AMBER defines it, 3 / 16 (the mean of per-image CHAIR would be 0.156);
+    # Hal the share of images with a hallucination, 2 / 4
+    assert bars == {0.1875, 0.5}
     assert len(ax.lines) == 2  # one error bar per bar
     with pytest.raises(ValueError, match="per-image counts.*'pooled'"):
         plots.decoding_bars({"plain": {"per_image": per_image}, "pooled": {"chair": 0.1}})
@@ -176,3 +179,53 @@ def test_extra_js_curves_given_as_traces_get_bands_and_stages_hatches(tr):
     bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
     assert len(bands) == 2  # the main curve's and the traced extra curve's, not the values'
     assert [p.get_hatch() for p in ax.patches][:1] == ["//"]  # rapid evolution, hatched
+
+
+def test_figures_read_like_the_papers(tr):
+    from matplotlib.ticker import MaxNLocator
+
+    st = dataclasses.replace(detect_stages(tr), critical_layer=1, mutation_layers=[3])
+    ax = plots.js_curve(st, traces=[tr], label="LVLM").axes[0]
+    spans = {p.get_label(): p for p in ax.patches if not p.get_label().startswith("_")}
+    assert set(spans) == {"rapid evolution", "stabilisation", "mutation"}
+    mutation = [p for p in ax.patches if p.get_facecolor() == spans["mutation"].get_facecolor()]
+    assert len(mutation) == 1  # the one mutation layer, not everything after it
+    assert (mutation[0].get_x(), mutation[0].get_width()) == (2.5, 1.0)
+    assert "LVLM" in [t.get_text() for t in ax.get_legend().get_texts()]
+    ax = plots.probability_curve([tr, tr], st).axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["mean p(emitted token)", "95% CI (images)", "critical layer 1",
+                      "mutation layers"]  # fmt: skip
+    coords = pd.DataFrame([{"item": i, "layer": j, "x": float(i), "y": float(j)}
+                           for i in range(4) for j in range(1, 4)])  # fmt: skip
+    ax = plots.projection_plot(coords, ["small", "small", "red", "small"]).axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == ["red", "small"]  # each word once
+    fig = plots.projection_panels({"q1": coords, "q2": coords},
+                                  {"q1": list("abcd"), "q2": list("abcd")})  # fmt: skip
+    assert [a.get_title() for a in fig.axes[:2]] == ["q1", "q2"]
+    ax = plots.layer_lines({"nf4": np.array([[0.0, 0.01, 0.02]] * 3)}, "KL", "t", log=True,
+                           references={"margin": 0.1}).axes[0]  # fmt: skip
+    assert ax.get_ylim()[0] == 0 and any(line.get_label() == "margin" for line in ax.lines)
+    from types import SimpleNamespace as P
+
+    points = [P(k=k, object_precision=0.9, object_recall=0.8, existence_accuracy=0.9,
+                existence_correct={"a": [True], "b": [k < 2]}, speedup=1 + k / 10,
+                ideal_speedup=12 / (12 - k)) for k in (0, 1, 2)]  # fmt: skip
+    fig = plots.sweep_plot(points)
+    assert all(isinstance(a.xaxis.get_major_locator(), MaxNLocator) for a in fig.axes)
+    assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())
+
+
+def test_the_js_heatmap_marks_the_stages_and_the_bars_carry_the_texts(tr):
+    st = dataclasses.replace(detect_stages(tr), critical_layer=1, mutation_layers=[3])
+    ax = plots.js_heatmap(tr, stages=st).axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "critical layer 1",
+        "into a mutation layer",
+    ]
+    per_image = [{"nouns": 2, "hallucinated": 1}] * 3
+    fig = plots.decoding_bars(
+        {"plain": {"per_image": per_image}, "skip2": {"per_image": per_image}},
+        texts={"plain": "a red boat.", "skip2": "a boat."},
+    )
+    assert "plain: a red boat.\nskip2: a boat." in [t.get_text() for t in fig.axes[1].texts]

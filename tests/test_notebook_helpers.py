@@ -50,3 +50,24 @@ def test_record_and_show(tmp_path):
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["metrics.json"]
     fig, _ = plt.subplots()
     assert notebook.show(fig, tmp_path / "o", "f").name == "f.png"
+
+
+def test_the_paper_models_preset_brings_its_base_llm(monkeypatch):
+    from lvlm_kit import notebook
+    from lvlm_kit.loading import base_llm, resolve_source
+    from lvlm_kit.notebook import ParameterError
+
+    assert resolve_source("llava-1.5-7b") == "llava-hf/llava-1.5-7b-hf"
+    assert (
+        base_llm("llava-1.5-7b") == base_llm("llava-hf/llava-1.5-7b-hf") == "lmsys/vicuna-7b-v1.5"
+    )
+    assert notebook.llm_model("testbed", "auto") == "testbed-llm"
+    assert notebook.llm_model("llava-1.5-7b", "auto") == "lmsys/vicuna-7b-v1.5"
+    assert notebook.llm_model("anything", None) is None
+    assert notebook.llm_model("anything", "my/llm") == "my/llm"
+    # The trap: another LVLM with the testbed's LLM. "auto" stops, before anything loads.
+    monkeypatch.setattr(notebook, "load", lambda *a, **k: pytest.fail("loaded a model"))
+    params = dict(MODEL="org/other-lvlm", QUANTIZATION=None, DEVICE="auto", DTYPE="auto",
+                  SEED=0, OUTPUT_DIR=None, LLM_MODEL="auto")  # fmt: skip
+    with pytest.raises(ParameterError, match="LLM_MODEL='auto'.*'org/other-lvlm' is not known"):
+        notebook.start("07_lvlm_vs_llm", **params)

@@ -63,3 +63,55 @@ def test_notebook_follows_the_template(path):
             tree = ast.parse(cell.source)
             assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
             assert cell.outputs == [] and cell.execution_count is None  # stripped
+
+
+#: What a number in a markdown cell may be: structure (sections, figures, claims, notebook
+#: names), a model or format name, a method constant written as notation. Anything else is
+#: a result, and results are printed by the code from the run.
+STRUCTURE = [
+    r"`[^`]*`",
+    r"(?:Figs?\.|§|[Cc]laims?|[Nn]otebooks?|[Ss]ections?|numbers) ?\d+(?:\s*(?:[-–,]|and)\s*\d+)*",
+    r"LLaVA-1\.5(?:-\d+B)?", r"Vicuna(?:-7B)?(?: v1\.5)?",
+    r"b?float(?:16|32)|fp16|\d+-bit|\bNF4|\bFP4|\bnf4|\bfp4|\d+bit|\bT4\b",
+    r"\b2-D\b", r"top-\d+", r"\bln 2\b", r"\b95%", r"\bL\s*[-+]\s*\d", r"\bj\s*\+\s*1\b",
+    r"\b0\.\.L\b", r"\blayers? 0\b", r"k = 0, 1, 2", r"\(\d\)", r"skip\.?\d",
+]  # fmt: skip
+
+
+def hand_typed_numbers(py_text: str) -> list[str]:
+    """Sentences of markdown cells holding a number that is neither structure nor quoted
+    from the paper (a sentence naming the paper, its authors or their models)."""
+    import re
+
+    found = []
+    for cell in re.split(r"\n(?=# %%)", py_text):
+        if not cell.startswith("# %% [markdown]"):
+            continue
+        lines = [line[2:] if line.startswith("# ") else line.lstrip("#") for line in
+                 cell.splitlines()[1:]]  # fmt: skip
+        body = "\n".join(line for line in lines if not line.startswith("#"))  # headings
+        body = re.sub(r"\b(Figs?|e\.g|i\.e|skip)\.", lambda m: m.group(1) + "\0", body)
+        for sentence in re.split(r"(?<=[.!?])\s+|\n\n", body):
+            sentence = sentence.replace("\0", ".")
+            if re.search(r"paper|authors|LLaVA|Vicuna", sentence, re.I):
+                continue
+            rest = sentence
+            for pattern in STRUCTURE:
+                rest = re.sub(pattern, " ", rest)
+            if re.search(r"\d", rest):
+                found.append(" ".join(sentence.split()))
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_prose_types_no_result_by_hand(path):
+    assert hand_typed_numbers(path.with_suffix(".py").read_text()) == []
+
+
+def test_the_prose_scan_finds_a_typed_result():
+    typed = "# %% [markdown]\n# **What the testbed shows.** The critical layer is 3 of 12.\n"
+    quoted = "# %% [markdown]\n# The paper sees the rise at layers 18-20 of 32 (Fig. 2).\n"
+    assert hand_typed_numbers(typed) == [
+        "**What the testbed shows.** The critical layer is 3 of 12."
+    ]
+    assert hand_typed_numbers(quoted) == []

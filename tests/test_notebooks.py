@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_notebook
+from conftest import NOTEBOOKS, run_notebook
 from pin import (
     EXPECTED,
     GALLERY,
@@ -17,6 +17,7 @@ from pin import (
     claim_id,
     claim_number,
     readme_with_table,
+    readme_with_values,
     render_gallery,
     render_table,
     sha256,
@@ -26,7 +27,11 @@ ROOT = Path(__file__).parent.parent
 PINNED = json.loads(EXPECTED.read_text())
 FIGURES = {
     "00_quickstart": ["token_probabilities.png"],
-    "01_token_probabilities": ["fig2_candidates.png", "fig2_token_probabilities.png"],
+    "01_token_probabilities": [
+        "fig2_candidates.png",
+        "fig2_mean_probability.png",
+        "fig2_token_probabilities.png",
+    ],
     "02_hallucination_trajectories": ["fig3_trajectories.png"],
     "03_js_divergence": ["fig4_js_heatmap.png", "fig4_js_stages.png"],
     "04_skip_connections": ["fig5_skip_presets.png"],
@@ -89,6 +94,15 @@ def test_readme_results_table_is_generated_from_the_pinned_numbers():
     )
 
 
+def test_readme_prose_numbers_are_the_pinned_ones():
+    readme = README.read_text()
+    assert readme.count("<!-- pin:") >= 2
+    assert readme_with_values(readme, PINNED) == readme, (
+        "a number in README's prose differs from tests/expected_metrics.json: run "
+        "`python tests/pin.py outputs` after `make reproduce`."
+    )
+
+
 def test_readme_gallery_is_fresh():
     # The gallery's figures were drawn by the shipped testbed in the pinned run.
     manifest = json.loads((GALLERY_DIR / "manifest.json").read_text())
@@ -109,3 +123,25 @@ def test_every_claim_is_pinned_once():
     assert paper == [str(k) for k in range(1, 16)]  # the paper's claims, once each
     kit = [n for k, n in names if k > 15]  # notebook 09's checks, once per variant
     assert kit == [f"{k}[{v}]" for k in range(16, 21) for v in ("8bit", "fp4", "nf4")]
+
+
+@pytest.mark.slow
+@pytest.mark.kernels
+def test_the_colab_notebook_runs_the_quickstart_as_it_would_on_llava(tmp_path):
+    """colab/llava_1_5_7b.ipynb with the testbed in place of LLaVA (no weights download
+    here): the same cells, the quickstart run through papermill, its figures shown."""
+    import papermill as pm
+
+    colab = Path(__file__).resolve().parent.parent / "colab" / "llava_1_5_7b.ipynb"
+    out = tmp_path / "quick"
+    params = {"MODEL": "testbed", "QUANTIZATION": None, "OUTPUT_DIR": str(out),
+              "NOTEBOOK": str(NOTEBOOKS / "00_quickstart.ipynb"), "MAX_NEW_TOKENS": 8}  # fmt: skip
+    pm.execute_notebook(str(colab), str(tmp_path / "colab.ipynb"), parameters=params,
+                        kernel_name="python3", progress_bar=False, execution_timeout=300,
+                        start_timeout=120, cwd=str(tmp_path))  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_tokens"] == 8 and (out / "00_quickstart.ipynb").is_file()
+    executed = json.loads((tmp_path / "colab.ipynb").read_text())
+    shown = [o for c in executed["cells"] for o in c.get("outputs", [])
+             if "image/png" in o.get("data", {})]  # fmt: skip
+    assert len(shown) == len(list(out.glob("*.png"))) >= 1

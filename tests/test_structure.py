@@ -80,3 +80,21 @@ def test_public_names_are_importable_from_the_package():
     for name in ("load_model", "trace", "Trace", "Lens", "detect_stages", "skip_layers",
                  "skip_preset", "read_amber", "export_amber", "generate_texts"):  # fmt: skip
         assert name in lvlm_kit.__all__
+
+
+def test_the_readmes_library_snippet_runs(tmp_path, monkeypatch):
+    import re
+
+    from PIL import Image
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Library in five lines", 1)[1]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (64, 48), (200, 120, 40)).save("cat.jpg")
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    tr = scope["tr"]
+    assert tr.token_prob.shape == (tr.n_tokens, tr.n_layers + 1)
+    assert tr.js.shape == (tr.n_tokens, tr.n_layers)
+    assert lvlm_kit.Trace.load(tmp_path / "cat.safetensors").n_tokens == tr.n_tokens
