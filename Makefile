@@ -50,7 +50,7 @@ $(TV_STAMP): pyproject.toml $(TV_LOCK)
 	touch $(TV_STAMP)
 
 test-torchvision: $(TV_STAMP)
-	$(TV_PY) -m pytest -q -p no:cacheprovider --timeout=600 tests/test_families.py \
+	$(TV_PY) -m pytest -q -p no:cacheprovider --timeout=600 tests/test_families.py tests/test_image_lens.py \
 		-k "torchvision or mistral3"
 
 # The family, anatomy and lens tests on the newest release of every dependency (torch

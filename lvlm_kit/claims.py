@@ -186,7 +186,8 @@ class ClaimResult:
 
 
 #: The claims: number -> (key, sentence, section/figure, what the paper reported). 1-15 are
-#: the paper's; 16-20 are the kit's checks that a quantized run shows the same picture.
+#: the paper's; 16-20 are the kit's checks that a quantized run shows the same picture; 21
+#: is the kit's own, on the image tokens.
 PAPER: dict[int, tuple[str, str, str, str]] = {
     1: ("near_zero_shallow", "token probabilities are near zero in shallow layers",
         "§3, Fig. 2", "≈ 0 before the critical layers"),
@@ -229,6 +230,8 @@ PAPER: dict[int, tuple[str, str, str, str]] = {
     20: ("quant_hallucination_kept", "a quantized run hallucinates as often and names as "
          "many real objects", "kit, 09",
          "not in the paper (run in fp16)"),
+    21: ("image_tokens_decode", "the image tokens decode to the object in their cell",
+         "kit, 10", "not in the paper (it decodes generated tokens only)"),
 }  # fmt: skip
 
 
@@ -1470,3 +1473,37 @@ def quant_hallucination_kept(
     return _variant(claim(20, "larger absolute change of CHAIR and Cover", "<=",
                           cfg.hallucination_kept, make, model, controls, cfg, notes=[note]),
                     model)  # fmt: skip
+
+
+# ---- the kit's own: the lens on the image tokens (notebook 10) ----------------------------
+
+
+@dataclass
+class PatchAccuracy:
+    """Per image and lens layer, the share of a model's patches decoding to their object."""
+
+    accuracy: np.ndarray  # [images, L+1]
+    chance: float  # 1 / the number of candidate words
+
+
+def image_tokens_decode(
+    model: PatchAccuracy, controls: Mapping[str, PatchAccuracy], cfg: ClaimConfig
+) -> ClaimResult:
+    """Claim 21: patch accuracy above chance at the best layer, chosen on the other images.
+
+    The layer is the one with the highest mean accuracy on the images at even positions;
+    the accuracy is measured there on the others (so the choice does not inflate it), as a
+    difference from chance.
+    """
+
+    def make(a: PatchAccuracy):
+        best = int(np.nanargmax(np.nanmean(a.accuracy[0::2], 0)))
+        judged = a.accuracy[1::2, best]
+        return (lambda idx: float(np.nanmean(judged[idx]) - a.chance)), [len(judged)]
+
+    best = int(np.nanargmax(np.nanmean(model.accuracy[0::2], 0)))
+    L = model.accuracy.shape[1] - 1
+    return claim(21, "patch accuracy − chance at the best layer (chosen on the other images)",
+                 ">", 0.0, make, model, controls, cfg,
+                 notes=[f"best layer {relative(best, L)}; chance {model.chance:.3f}",
+                        SPLIT_NOTE])  # fmt: skip

@@ -20,7 +20,16 @@ from functools import lru_cache
 from pathlib import Path
 
 from .files import read_marker, write_kit_folder
-from .testbed.world import CATEGORIES, DEFAULT_PRIORS, PLURALS, Prior, render, sample_scene
+from .testbed.world import (
+    CATEGORIES,
+    DEFAULT_PRIORS,
+    GRID,
+    PLURALS,
+    Prior,
+    Scene,
+    render,
+    sample_scene,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -436,6 +445,33 @@ def resolve_amber(data: str, output_dir: str | Path, n_images: int, seed: int = 
     images = {q["image"] for q in read_amber(root, "generative").queries[:n_images]}
     amber.queries = [q for q in amber.queries if q["image"] in images]
     return amber
+
+
+def cell_truth(amber: AmberData) -> list[list[tuple[str, str] | None]]:
+    """Per query of a testbed export and grid cell (row-major), what is drawn there.
+
+    ``(category, colour)``, or None for an empty cell (an occluded object is not drawn).
+
+    Raises:
+        ValueError: ``amber`` is not a testbed export (no ``data/scenes.json``): real images
+            have no per-cell ground truth.
+    """
+    path = amber.root / "data" / "scenes.json"
+    if not path.is_file():
+        raise ValueError(
+            f"'{amber.root}' has no data/scenes.json: per-cell ground truth exists only for the "
+            "testbed's scenes (DATA='testbed' or 'testbed-probe')."
+        )
+    scenes = [Scene.from_dict(d) for d in _read_json(path)]
+    out = []
+    for q in amber.queries:
+        scene = scenes[int(q["image"].split("_")[1].split(".")[0]) - 1]  # AMBER_<i>.jpg
+        cells: list[tuple[str, str] | None] = [None] * (GRID * GRID)
+        for g in scene.visible:
+            for c in g.cells:
+                cells[c] = (g.category, g.colour)
+        out.append(cells)
+    return out
 
 
 def vqa_items(data: str, output_dir: str | Path, objects: list[str], per_question: int,

@@ -69,6 +69,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "IMAGES_PER_QUESTION": (_positive_int, "an int of at least 1"),
     "N_STAGE_IMAGES": (_positive_int, "an int of at least 1"),
+    "N_PROBE_IMAGES": (_positive_int, "an int of at least 1"),
     "QUESTION_OBJECTS": (_texts, "a non-empty list of object words"),
     "SKIP_KS": (
         lambda v: isinstance(v, list) and bool(v) and all(_positive_int(k) for k in v),

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
 from .stages import Stages
 from .trace import Trace
@@ -405,4 +406,31 @@ def layer_lines(
     ax.legend(fontsize=7)
     ax.set(xlabel="lens layer j", title=_title(title, model, lens))
     _depth_axis(ax, int(df.layer.max()))
+    return fig
+
+
+def patch_heatmap(
+    image: Image.Image, values: np.ndarray, title: str, model: str | None = None,
+    labels: np.ndarray | None = None, vmax: float | None = None,
+) -> plt.Figure:  # fmt: skip
+    """The image beside a ``[rows, cols]`` map of one value per image token (patch).
+
+    Args:
+        image: the image the patches come from.
+        values: ``[rows, cols]``, e.g. the lens probability of a word at each patch.
+        title: what the values are.
+        model: the model, named in the title.
+        labels: optional ``[rows, cols]`` text per cell (e.g. what is drawn there).
+        vmax: top of the colour scale (default: the largest value).
+    """
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4.2), layout="constrained")
+    a.imshow(image)
+    a.set(title="image", xticks=[], yticks=[])
+    sns.heatmap(values, ax=b, cmap="viridis", vmin=0, vmax=vmax, square=True,
+                cbar_kws={"label": "value"}, xticklabels=False, yticklabels=False)  # fmt: skip
+    if labels is not None:
+        for (r, c), text in np.ndenumerate(labels):
+            if text:
+                b.text(c + 0.5, r + 0.5, text, ha="center", va="center", fontsize=6, color="w")
+    b.set_title(_title(title, model), fontsize=9)
     return fig

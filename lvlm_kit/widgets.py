@@ -12,8 +12,10 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
+from PIL import Image
 
-from .plots import _depth_axis, _title
+from .image_lens import PatchLens
+from .plots import _depth_axis, _title, patch_heatmap
 from .trace import Trace
 
 
@@ -88,6 +90,40 @@ class TraceExplorer:
         self.table.value = topk_table(self.trace, step, self.k).to_html()
         self.figure = trajectory_figure(self.trace, step)
         plt.close(self.figure)  # shown through the Output widget only
+        self.plot.clear_output(wait=True)
+        with self.plot:
+            display(self.figure)
+
+
+class PatchExplorer:
+    """Pick a layer and a word; see that word's lens probability at every image patch.
+
+    Args:
+        lens: the :class:`~lvlm_kit.image_lens.PatchLens` of one image (a square grid).
+        image: the image.
+        labels: optional ``[rows, cols]`` text per cell (what is drawn there).
+
+    Example:
+        >>> PatchExplorer(pl, image).widget  # display in a notebook
+    """
+
+    def __init__(self, lens: PatchLens, image: Image.Image, labels=None) -> None:
+        self.lens, self.image, self.labels = lens, image, labels
+        self.layer = widgets.IntSlider(lens.n_layers, 0, lens.n_layers, description="layer")
+        self.word = widgets.Dropdown(options=lens.words, description="word")
+        self.plot = widgets.Output()
+        for control in (self.layer, self.word):
+            control.observe(lambda change: self.show(), names="value")
+        self.widget = widgets.VBox([widgets.HBox([self.layer, self.word]), self.plot])
+        self.show()
+
+    def show(self) -> None:
+        """Render the chosen layer and word (also called when either changes)."""
+        j, w = self.layer.value, self.word.value
+        values = self.lens.as_grid(self.lens.word_probs[j, :, self.lens.words.index(w)])
+        self.figure = patch_heatmap(self.image, values.numpy(), f"p({w!r}) at layer {j}",
+                                    labels=self.labels, vmax=1.0)  # fmt: skip
+        plt.close(self.figure)
         self.plot.clear_output(wait=True)
         with self.plot:
             display(self.figure)

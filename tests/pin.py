@@ -43,6 +43,7 @@ GALLERY = {
     "07_lvlm_vs_llm": "js_lvlm_vs_llm.png",
     "08_applications": "compression_sweep.png",
     "09_quantization": "quantization_lens_kl.png",
+    "10_image_tokens": "patch_category_accuracy.png",
 }
 #: metrics.json scalars pinned per notebook, besides the claims.
 SCALARS = {
@@ -62,6 +63,7 @@ SCALARS = {
     "07_lvlm_vs_llm": ["tokens_with_mutation"],
     "08_applications": ["critical_layer", "mutation_layers", "lowest_chair"],
     "09_quantization": ["memory_mb", "token_agreement", "chair", "stage_layers"],
+    "10_image_tokens": ["best_layer", "critical_layer", "first_decodable_layer"],
 }
 
 
@@ -154,7 +156,8 @@ def render_table(pinned: dict) -> str:
     rows += [
         "",
         _count_line(
-            [c for _, _, c in kit], "The kit's own checks of a quantized run (notebook 09)"
+            [c for _, _, c in kit],
+            "The kit's own checks (a quantized run, notebook 09; the image tokens, notebook 10)",
         ),
         "",
         "| # | check | statistic (rule) | testbed [95% CI] | control | verdict |",

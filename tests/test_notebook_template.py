@@ -22,7 +22,7 @@ def test_all_sections_exist_and_are_paired():
     assert [p.stem for p in NOTEBOOKS] == [
         "00_quickstart", "01_token_probabilities", "02_hallucination_trajectories",
         "03_js_divergence", "04_skip_connections", "05_features_single_image", "06_features_vqa",
-        "07_lvlm_vs_llm", "08_applications", "09_quantization",
+        "07_lvlm_vs_llm", "08_applications", "09_quantization", "10_image_tokens",
     ]  # fmt: skip
     assert sorted(HERE.glob("*.py")) == [p.with_suffix(".py") for p in NOTEBOOKS]
 
