@@ -67,9 +67,16 @@ def test_plots_write_pngs(tr, tmp_path):
         "cands": plots.candidate_trajectories(tr, 1),
         "proj": plots.projection_plot(project(token_features(tr), max_iter=250), tr.tokens),
     }
+    from PIL import Image
+
     for name, fig in figs.items():
         path = plots.save_figure(fig, tmp_path / "figs", name)
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        png = np.asarray(Image.open(path).convert("L"), float)
+        # a real picture: about the figure's size at 120 dpi (the tight bounding box trims
+        # the margins, or takes in a title or colour bar that reaches past them)
+        w, h = fig.get_size_inches() * 120
+        assert 0.5 < png.shape[1] / w < 1.5 and 0.5 < png.shape[0] / h < 1.5, name
+        assert png.std() > 10, f"{name} is blank"
     assert "final_norm" in figs["probs"].axes[0].get_title()
 
 
@@ -78,8 +85,11 @@ def test_means_are_drawn_with_confidence_intervals(tr):
     ax = plots.js_curve(st, traces=[tr]).axes[0]
     band = [c for c in ax.collections if c.get_label() == "95% CI"]
     assert len(band) == 1
-    lows, highs = band[0].get_paths()[0].vertices[:, 1].min(), max(st.js_curve)
-    assert lows <= min(st.js_curve) and highs >= 0
+    mean, low, high = plots._js_mean_band([tr])
+    np.testing.assert_allclose(mean, st.js_curve)
+    assert (low <= mean + 1e-12).all() and (high >= mean - 1e-12).all() and (high > low).any()
+    ys = band[0].get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(low.min()) and ys.max() == pytest.approx(high.max())
     per_image = [{"nouns": n, "hallucinated": h} for n, h in ((2, 0), (8, 1), (4, 2), (2, 0))]
     ax = plots.decoding_bars({"plain": {"per_image": per_image}}).axes[0]
     bars = {round(p.get_height(), 4) for p in ax.patches if p.get_height() > 0}

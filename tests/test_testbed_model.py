@@ -19,7 +19,9 @@ def testbed():
 def test_loads_offline_through_load_model(testbed):
     a = testbed.anatomy
     assert (a.model_type, a.n_layers, a.hidden_size) == ("llava", SHAPE.layers, SHAPE.hidden)
-    assert testbed.processor.chat_template is not None
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi."}]}]
+    rendered = testbed.processor.apply_chat_template(chat, add_generation_prompt=True)
+    assert rendered == "USER: <image>\nhi. ASSISTANT:"  # LLaVA-1.5's conversation format
     size = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
     assert size <= 50 * 2**20  # both models, in the package
 
