@@ -389,13 +389,14 @@ def claim(
     statistic: str,
     rule: str,
     threshold: float,
-    make: Callable[[Any], tuple[Callable[..., float], Sequence[int]]],
+    make: Callable[[Any], tuple[Callable[..., float], Sequence[int]]] | None,
     model_data: Any,
     controls: Mapping[str, Any],
     cfg: ClaimConfig,
     n_boot: int | None = None,
     notes: Sequence[str] = (),
     nulls: Mapping[str, Callable[[Estimate], Estimate]] | None = None,
+    estimator: Callable[[Any], Estimate] | None = None,
 ) -> ClaimResult:
     """Measure one claim on the model and its controls with the same analysis.
 
@@ -404,7 +405,8 @@ def claim(
         statistic: what is measured, in words.
         rule: ``">="``, ``">"`` or ``"<="``.
         threshold: the claim's threshold (a :class:`ClaimConfig` field).
-        make: turns one model's data into ``(stat, sizes)`` for :func:`estimate`.
+        make: turns one model's data into ``(stat, sizes)`` for :func:`estimate` (None
+            with ``estimator``).
         model_data: what was measured on the model.
         controls: control name -> the same measured on that control (None when the
             analysis does not exist there: the verdict is then at best ``inconclusive (no
@@ -415,6 +417,8 @@ def claim(
         notes: extra lines for the report.
         nulls: null name -> a function of the model's estimate giving the null's estimate
             (e.g. :func:`label_null`); reported and decided beside the controls.
+        estimator: turns one model's data into its :class:`Estimate` directly, instead of
+            the bootstrap of ``make`` (e.g. an exact interval, :func:`share_estimate`).
     """
     if not isinstance(controls, Mapping):
         raise TypeError(
@@ -422,7 +426,13 @@ def claim(
             "'permuted': ...} (see claims.controls)."
         )
     key, paper, figure, paper_number = PAPER[number]
-    model = estimate(*make(model_data), rule, threshold, cfg, n_boot)
+
+    def measure(data: Any) -> Estimate:
+        if estimator is not None:
+            return estimator(data)
+        return estimate(*make(data), rule, threshold, cfg, n_boot)
+
+    model = measure(model_data)
     controls = {**controls, **{name: f(model) for name, f in (nulls or {}).items()}}
     estimates: dict[str, Estimate | None] = {}
     notes = list(notes)
@@ -433,7 +443,7 @@ def claim(
         elif cache is not None and (number, cfg) in cache:
             estimates[name] = cache[(number, cfg)]
         else:
-            estimates[name] = estimate(*make(data), rule, threshold, cfg, n_boot)
+            estimates[name] = measure(data)
             if cache is not None:
                 cache[(number, cfg)] = estimates[name]
         e = estimates[name]
@@ -580,6 +590,7 @@ def control_traces(
     progress: bool = True,
     forced: bool = True,
     order: bool = False,
+    copies: Mapping[str, LoadedModel] | None = None,
     **trace_kw: Any,
 ) -> dict[str, list[Trace]]:
     """Each noise control of ``loaded`` (:func:`controls`) on the model's images and prompts.
@@ -601,6 +612,8 @@ def control_traces(
         forced: emit the model's tokens; else each control generates greedily (with the
             model's ``max_new_tokens``).
         order: also the layer-shuffled control (:func:`controls`).
+        copies: controls already built (name -> model), instead of building them here
+            (``seed`` and ``order`` are then not used): one set of copies for several calls.
         **trace_kw: passed to :func:`~lvlm_kit.trace.trace` (``lens_norm``, ``keep_hidden``).
 
     Returns:
@@ -617,7 +630,8 @@ def control_traces(
             "pass one of each per image."
         )
     out = {}
-    for name, control in controls(loaded, seed, order).items():
+    copies = controls(loaded, seed, order) if copies is None else copies
+    for name, control in copies.items():
         out[name] = [
             trace(control, im, p, t.n_tokens, force=t.token_ids, **trace_kw)
             if forced
@@ -882,18 +896,13 @@ def three_stages(
             out.append(st.has_split and bool(st.mutation_layers) and stable)
         return out
 
-    key, paper, figure, paper_number = PAPER[8]
-    rule, statistic = ">=", f"three stages found (share of groups of {cfg.stage_group} images)"
-    m = share_estimate(found(model), rule, cfg.stages_found, cfg)
-    estimates = {name: None if ts is None else share_estimate(found(ts), rule, cfg.stages_found,
-                                                              cfg)
-                 for name, ts in controls.items()}  # fmt: skip
     st = model.detection
-    notes = [f"critical layer {relative(st.critical_layer, st.n_layers)}, mutation layers "
-             f"{st.mutation_layers} on the detection half", SPLIT_NOTE]  # fmt: skip
-    return ClaimResult(8, key, paper, figure, paper_number, statistic,
-                       f"{rule} {cfg.stages_found:g}", m, estimates, decide(m, estimates),
-                       notes)  # fmt: skip
+    return claim(8, f"three stages found (share of groups of {cfg.stage_group} images)", ">=",
+                 cfg.stages_found, None, model, controls, cfg,
+                 notes=[f"critical layer {relative(st.critical_layer, st.n_layers)}, mutation "
+                        f"layers {st.mutation_layers} on the detection half", SPLIT_NOTE],
+                 estimator=lambda ts: share_estimate(found(ts), ">=", cfg.stages_found,
+                                                     cfg))  # fmt: skip
 
 
 # ---- §3: hallucinated tokens (Fig. 3) ------------------------------------------------------
