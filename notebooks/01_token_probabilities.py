@@ -218,10 +218,18 @@ print(
 
 # %%
 images = [it.image for it in items]
+copies = claims.controls(lm, SEED, order=True)  # built once, read twice
 free = claims.control_traces(
-    lm, traces, images, PROMPT, SEED, forced=False, order=True, lens_norm=LENS_NORM
+    lm, traces, images, PROMPT, forced=False, copies=copies, lens_norm=LENS_NORM
 )
-forced = claims.control_traces(lm, traces, images, PROMPT, SEED, lens_norm=LENS_NORM)
+forced = claims.control_traces(
+    lm,
+    traces,
+    images,
+    PROMPT,
+    lens_norm=LENS_NORM,
+    copies={name: copies[name] for name in claims.CONTROL_KINDS},
+)
 free_sets = {name: claims.TraceSet.of(trs) for name, trs in free.items()}
 forced_sets = {name: claims.TraceSet.of(trs) for name, trs in forced.items()}
 model_set = claims.TraceSet.of(traces)
