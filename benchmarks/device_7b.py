@@ -23,9 +23,19 @@ from lvlm_kit.testbed.model import LlavaShape, build_model, build_processor  # n
 from lvlm_kit.testbed.tokenizer import build_word_tokenizer  # noqa: E402
 
 PROMPT = "describe this image."
-SHAPE = LlavaShape(image_size=336, patch_size=14, vision_hidden=1024, vision_layers=24,
-                   vision_heads=16, hidden=4096, layers=32, heads=32, kv_heads=32,
-                   intermediate=11008, max_positions=4096)  # fmt: skip
+SHAPE = LlavaShape(
+    image_size=336,
+    patch_size=14,
+    vision_hidden=1024,
+    vision_layers=24,
+    vision_heads=16,
+    hidden=4096,
+    layers=32,
+    heads=32,
+    kv_heads=32,
+    intermediate=11008,
+    max_positions=4096,
+)
 
 
 def make(shape: LlavaShape = SHAPE, vocab: int = 32064) -> LoadedModel:

@@ -37,9 +37,19 @@ from lvlm_kit.compare import compare, run  # noqa: E402
 from lvlm_kit.data import export_amber, read_amber  # noqa: E402
 from lvlm_kit.testbed.model import LlavaShape  # noqa: E402
 
-TINY = LlavaShape(image_size=64, patch_size=16, vision_hidden=64, vision_layers=1,
-                  vision_heads=4, hidden=128, layers=4, heads=4, kv_heads=4, intermediate=256,
-                  max_positions=512)  # fmt: skip
+TINY = LlavaShape(
+    image_size=64,
+    patch_size=16,
+    vision_hidden=64,
+    vision_layers=1,
+    vision_heads=4,
+    hidden=128,
+    layers=4,
+    heads=4,
+    kv_heads=4,
+    intermediate=256,
+    max_positions=512,
+)
 VARIANTS = (None, "nf4", "8bit")  # reference first; 8-bit last (the slowest)
 REPEATS = {None: 3, "nf4": 2, "8bit": 1}
 
@@ -55,8 +65,14 @@ def speed(lm, T: int, repeat: int) -> dict:
         times["generate"].append(timed(gen))
         times["trace"].append(timed(tr))
     g, t = min(times["generate"]), min(times["trace"])
-    return {"T": T, "generate_s": g, "trace_s": t, "ratio": t / g, "all": times,
-            "ms_per_token_generate": 1e3 * g / T}  # fmt: skip
+    return {
+        "T": T,
+        "generate_s": g,
+        "trace_s": t,
+        "ratio": t / g,
+        "all": times,
+        "ms_per_token_generate": 1e3 * g / T,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -78,9 +94,14 @@ def main(argv: list[str] | None = None) -> dict:
     gc.collect(), torch.cuda.empty_cache()
     amber = read_amber(export_amber(tmp / "amber", n_images=args.images))
     device = torch.cuda.get_device_name() if gpu else "cpu"
-    results: dict = {"device": device, "torch": torch.__version__,
-                     "images": args.images, "compare_T": args.compare_T, "variants": {},
-                     "saved_s": time.perf_counter() - start}  # fmt: skip
+    results: dict = {
+        "device": device,
+        "torch": torch.__version__,
+        "images": args.images,
+        "compare_T": args.compare_T,
+        "variants": {},
+        "saved_s": time.perf_counter() - start,
+    }
     print(f"random 7B-shape LLaVA saved in {results['saved_s']:.0f}s", flush=True)
     models, runs = {}, {}
     for variant in VARIANTS:
@@ -97,25 +118,37 @@ def main(argv: list[str] | None = None) -> dict:
         runs[name] = run(lm, amber, PROMPT, args.compare_T, name=name)
         models[name] = lm
         st = runs[name].stages
-        r.update(memory_gb=runs[name].memory_bytes / 2**30, critical_layer=st.critical_layer,
-                 mutation_layers=st.mutation_layers, js_curve=st.js_curve)  # fmt: skip
+        r.update(
+            memory_gb=runs[name].memory_bytes / 2**30,
+            critical_layer=st.critical_layer,
+            mutation_layers=st.mutation_layers,
+            js_curve=st.js_curve,
+        )
         if variant is not None:
             c = compare(models["bf16"], runs["bf16"], lm, runs[name], amber, PROMPT)
-            r.update(token_agreement=c.token_agreement.tolist(),
-                     js_correlation=c.js_correlation.tolist(),
-                     lens_kl_per_layer=c.lens_kl.mean(0).tolist(),
-                     lens_kl_max=float(c.lens_kl.mean(0).max()))  # fmt: skip
+            r.update(
+                token_agreement=c.token_agreement.tolist(),
+                js_correlation=c.js_correlation.tolist(),
+                lens_kl_per_layer=c.lens_kl.mean(0).tolist(),
+                lens_kl_max=float(c.lens_kl.mean(0).max()),
+            )
         results["variants"][name] = r
         out.write_text(json.dumps(results, indent=1))
         s = r["speed"]
-        print(f"{name}: load {r['load_s']:.0f}s, memory {r['memory_gb']:.1f} GB, "
-              f"generate {s['generate_s']:.2f}s ({s['ms_per_token_generate']:.1f} ms/token), "
-              f"trace {s['trace_s']:.2f}s, trace/generate {s['ratio']:.3f}x; critical layer "
-              f"{st.critical_layer}, mutation layers {st.mutation_layers}", flush=True)  # fmt: skip
+        print(
+            f"{name}: load {r['load_s']:.0f}s, memory {r['memory_gb']:.1f} GB, "
+            f"generate {s['generate_s']:.2f}s ({s['ms_per_token_generate']:.1f} ms/token), "
+            f"trace {s['trace_s']:.2f}s, trace/generate {s['ratio']:.3f}x; critical layer "
+            f"{st.critical_layer}, mutation layers {st.mutation_layers}",
+            flush=True,
+        )
         if variant is not None:
-            print(f"   vs bf16: token agreement {np.mean(r['token_agreement']):.2f}, JS-curve r "
-                  f"{np.nanmean(r['js_correlation']):.3f}, lens KL max over layers "
-                  f"{r['lens_kl_max']:.4f} nats", flush=True)  # fmt: skip
+            print(
+                f"   vs bf16: token agreement {np.mean(r['token_agreement']):.2f}, JS-curve r "
+                f"{np.nanmean(r['js_correlation']):.3f}, lens KL max over layers "
+                f"{r['lens_kl_max']:.4f} nats",
+                flush=True,
+            )
     results["total_s"] = time.perf_counter() - start
     out.write_text(json.dumps(results, indent=1))
     return results

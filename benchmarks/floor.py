@@ -46,8 +46,13 @@ from lvlm_kit.trace import chunk_steps, reduce_steps  # noqa: E402
 
 PROMPT = "describe this image."
 CHUNK_MB = 64.0  # trace()'s default
-REGIONS = ("lvlm_kit.generate", "lvlm_kit.stream", "lvlm_kit.lens", "lvlm_kit.reduce",
-           "lvlm_kit.bookkeeping")  # fmt: skip
+REGIONS = (
+    "lvlm_kit.generate",
+    "lvlm_kit.stream",
+    "lvlm_kit.lens",
+    "lvlm_kit.reduce",
+    "lvlm_kit.bookkeeping",
+)
 
 
 def recorded(lm, T: int, recorder: type[ResidualRecorder] = ResidualRecorder) -> torch.Tensor:
@@ -146,8 +151,10 @@ def main(argv: list[str] | None = None) -> dict:
     lm = make(size["V"], size["L"], size["d"], size["image"])
     prompt_len = prepare_inputs(lm, picture(lm), PROMPT)[0]["input_ids"].shape[1]
     results: dict = {"size": size, "prompt_tokens": prompt_len, "T": {}}
-    print(f"vocabulary {size['V']}, {size['L']} layers, d = {size['d']}, "
-          f"{prompt_len}-token prompt, {torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"vocabulary {size['V']}, {size['L']} layers, d = {size['d']}, "
+        f"{prompt_len}-token prompt, {torch.get_num_threads()} threads"
+    )
     for T, repeat in zip(Ts, repeats):
         residuals = recorded(lm, T)
         plain, bare, full = rounds(
@@ -158,19 +165,25 @@ def main(argv: list[str] | None = None) -> dict:
         )
         t_plain, t_floor, t_trace = min(plain), min(bare), min(full)
         per_round = [t / (p + f) for p, f, t in zip(plain, bare, full)]
-        r = {"plain_s": t_plain, "floor_s": t_floor, "trace_s": t_trace,
-             "trace_vs_plain": t_trace / t_plain,
-             "floor_vs_plain": (t_plain + t_floor) / t_plain,
-             "trace_vs_plain_plus_floor": t_trace / (t_plain + t_floor),
-             "rounds": {"plain_s": plain, "floor_s": bare, "trace_s": full},
-             "median_round_trace_vs_plain_plus_floor": statistics.median(per_round)}  # fmt: skip
+        r = {
+            "plain_s": t_plain,
+            "floor_s": t_floor,
+            "trace_s": t_trace,
+            "trace_vs_plain": t_trace / t_plain,
+            "floor_vs_plain": (t_plain + t_floor) / t_plain,
+            "trace_vs_plain_plus_floor": t_trace / (t_plain + t_floor),
+            "rounds": {"plain_s": plain, "floor_s": bare, "trace_s": full},
+            "median_round_trace_vs_plain_plus_floor": statistics.median(per_round),
+        }
         results["T"][T] = r
-        print(f"T={T:4d}: plain {t_plain:6.2f}s  floor {t_floor:5.2f}s  trace {t_trace:6.2f}s | "
-              f"trace/plain {r['trace_vs_plain']:.3f}x  (plain+floor)/plain "
-              f"{r['floor_vs_plain']:.3f}x  trace/(plain+floor) "
-              f"{r['trace_vs_plain_plus_floor']:.3f}x best, "
-              f"{r['median_round_trace_vs_plain_plus_floor']:.3f}x median of {repeat} rounds "
-              "(goal <= 1.05)")  # fmt: skip
+        print(
+            f"T={T:4d}: plain {t_plain:6.2f}s  floor {t_floor:5.2f}s  trace {t_trace:6.2f}s | "
+            f"trace/plain {r['trace_vs_plain']:.3f}x  (plain+floor)/plain "
+            f"{r['floor_vs_plain']:.3f}x  trace/(plain+floor) "
+            f"{r['trace_vs_plain_plus_floor']:.3f}x best, "
+            f"{r['median_round_trace_vs_plain_plus_floor']:.3f}x median of {repeat} rounds "
+            "(goal <= 1.05)"
+        )
 
     T = Ts[1]
     results["split"] = s = split(lm, T)
@@ -183,10 +196,14 @@ def main(argv: list[str] | None = None) -> dict:
     for name, sec in s["parts_s"].items():
         print(f"   {name:14s} {sec:6.3f}s  {sec / s['profiled_s']:6.1%}")
     print(f"   of the model forward: recording hooks {s['hooks_s']:.3f}s (timed inside the hooks)")
-    print(f"   work beyond plain + floor (reductions, hooks, bookkeeping): "
-          f"{s['accounted_trace_vs_plain_plus_floor']:.3f}x of plain + floor")  # fmt: skip
-    print("   lens + reductions by operator (self time): " + ", ".join(
-        f"{k.removeprefix('aten::')} {v:.3f}s" for k, v in s["top_ops_s"].items()))  # fmt: skip
+    print(
+        f"   work beyond plain + floor (reductions, hooks, bookkeeping): "
+        f"{s['accounted_trace_vs_plain_plus_floor']:.3f}x of plain + floor"
+    )
+    print(
+        "   lens + reductions by operator (self time): "
+        + ", ".join(f"{k.removeprefix('aten::')} {v:.3f}s" for k, v in s["top_ops_s"].items())
+    )
 
     results["peak_mb"] = {}
     for t in (Ts[0], Ts[-1], 2 * Ts[-1]):  # 2 * T: long enough to reduce while generating
@@ -198,8 +215,10 @@ def main(argv: list[str] | None = None) -> dict:
             f"T={t}: {m['trace']:.0f} vs {m['plain']:.0f} MB" for t, m in results["peak_mb"].items()
         )
     )
-    print("   (trace adds the recorded residuals [T, L+1, d] while they fit in chunk_mb, else "
-          "the lens's work arrays for one chunk during the generation: bounded in T)")  # fmt: skip
+    print(
+        "   (trace adds the recorded residuals [T, L+1, d] while they fit in chunk_mb, else "
+        "the lens's work arrays for one chunk during the generation: bounded in T)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results

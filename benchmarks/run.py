@@ -39,9 +39,19 @@ PROMPT = "describe this image."
 
 def make(vocab: int, layers: int, hidden: int, image: int = 64) -> LoadedModel:
     tok = build_word_tokenizer([f"w{i}" for i in range(vocab)] + ["describe", "this", "image"])
-    shape = LlavaShape(image_size=image, patch_size=8, vision_hidden=64, vision_layers=2,
-                       vision_heads=4, hidden=hidden, layers=layers, heads=8, kv_heads=8,
-                       intermediate=int(hidden * 2.75), max_positions=2048)  # fmt: skip
+    shape = LlavaShape(
+        image_size=image,
+        patch_size=8,
+        vision_hidden=64,
+        vision_layers=2,
+        vision_heads=4,
+        hidden=hidden,
+        layers=layers,
+        heads=8,
+        kv_heads=8,
+        intermediate=int(hidden * 2.75),
+        max_positions=2048,
+    )
     model = build_model(shape, tok)
     model.generation_config.eos_token_id = None  # always generate exactly T tokens
     return LoadedModel(model, build_processor(shape, tok), resolve_anatomy(model), "bench")
@@ -122,9 +132,13 @@ def peak_mb(kind: str, size: dict) -> float:
     # as blocks are freed), so RSS would count allocator caching, not live tensors.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=900,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
         env=env,
-    )  # fmt: skip
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -184,10 +198,12 @@ def main(argv: list[str] | None = None) -> dict:
     macs = macs_ratio(size, prompt_len)
     results["a_trace_vs_generate"] = t_trace / t_plain
     results["a_macs_ratio"] = macs
-    print(f"a. trace / plain generate(hidden states)   {t_trace / t_plain:5.2f}x  "
-          f"({t_trace:.2f}s vs {t_plain:.2f}s, {prompt_len} prompt tokens; goal <= 1.10x)\n"
-          f"   multiply-adds: trace / generate = {macs:.2f}x (the lens's (L+1) head "
-          "projections per token)")  # fmt: skip
+    print(
+        f"a. trace / plain generate(hidden states)   {t_trace / t_plain:5.2f}x  "
+        f"({t_trace:.2f}s vs {t_plain:.2f}s, {prompt_len} prompt tokens; goal <= 1.10x)\n"
+        f"   multiply-adds: trace / generate = {macs:.2f}x (the lens's (L+1) head "
+        "projections per token)"
+    )
 
     results["b_time_trace_vs_naive"] = t_trace / t_naive
     results["b_peak_mb"] = {}
@@ -195,11 +211,15 @@ def main(argv: list[str] | None = None) -> dict:
         at_t = {**size, "T": t}
         m_trace, m_naive = peak_mb("trace", at_t), peak_mb("naive", at_t)
         results["b_peak_mb"][t] = {"trace": m_trace, "naive": m_naive}
-        print(f"b. T={t}: peak extra memory trace {m_trace:.0f} MB vs naive {m_naive:.0f} MB "
-              f"(naive keeps [K, L+1, V] = {t * (L + 1) * size['V'] * 4 / 2**20:.0f} MB "
-              "twice: logits and probabilities)")  # fmt: skip
-    print(f"b. trace / naive lens: time {t_trace / t_naive:5.2f}x (trace also reduces: top-k, "
-          "rank, entropy, JS)")  # fmt: skip
+        print(
+            f"b. T={t}: peak extra memory trace {m_trace:.0f} MB vs naive {m_naive:.0f} MB "
+            f"(naive keeps [K, L+1, V] = {t * (L + 1) * size['V'] * 4 / 2**20:.0f} MB "
+            "twice: logits and probabilities)"
+        )
+    print(
+        f"b. trace / naive lens: time {t_trace / t_naive:5.2f}x (trace also reduces: top-k, "
+        "rank, entropy, JS)"
+    )
 
     results["c_skip"] = {}
     for k in ks:
@@ -212,15 +232,19 @@ def main(argv: list[str] | None = None) -> dict:
         base, t_k = best_of(lambda: plain_generate(lm, T, False), skipped, repeat=repeat)
         ideal = L / (L - k)
         results["c_skip"][k] = {"speedup": base / t_k, "ideal": ideal, "ratio": base / t_k / ideal}
-        print(f"c. skip {k} of {L} layers: speed-up {base / t_k:4.2f}x vs ideal {ideal:4.2f}x "
-              f"= {base / t_k / ideal:4.2f} of ideal (goal >= 0.9; the vision tower, embeddings, "
-              "lm_head and generate's per-step work are not skipped)")  # fmt: skip
+        print(
+            f"c. skip {k} of {L} layers: speed-up {base / t_k:4.2f}x vs ideal {ideal:4.2f}x "
+            f"= {base / t_k / ideal:4.2f} of ideal (goal >= 0.9; the vision tower, embeddings, "
+            "lm_head and generate's per-step work are not skipped)"
+        )
 
     results["d_scaling_T"] = {
         t: best_of(lambda t=t: trace_once(lm, t), repeat=repeat)[0] for t in Ts
     }
-    print("d. trace time vs T: " + ", ".join(
-        f"T={t}: {s:.2f}s" for t, s in results["d_scaling_T"].items()))  # fmt: skip
+    print(
+        "d. trace time vs T: "
+        + ", ".join(f"T={t}: {s:.2f}s" for t, s in results["d_scaling_T"].items())
+    )
     results["d_scaling_V"] = {}
     for v in Vs:
         lm_v = make(v, L, size["d"], size["image"])
@@ -230,8 +254,10 @@ def main(argv: list[str] | None = None) -> dict:
             repeat=repeat,
         )
         results["d_scaling_V"][v] = t_v / t_g
-    print("d. trace / generate vs V: " + ", ".join(
-        f"V={v}: {r:.2f}x" for v, r in results["d_scaling_V"].items()))  # fmt: skip
+    print(
+        "d. trace / generate vs V: "
+        + ", ".join(f"V={v}: {r:.2f}x" for v, r in results["d_scaling_V"].items())
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -85,7 +85,7 @@ pm.execute_notebook(
         "DATA": DATA,
         "MAX_NEW_TOKENS": MAX_NEW_TOKENS,
         "OUTPUT_DIR": str(out),
-    },  # fmt: skip
+    },
     cwd=str(Path(NOTEBOOK).parent),
 )
 metrics = json.loads((out / "metrics.json").read_text())

@@ -116,9 +116,12 @@ class LayerContrast(LogitsProcessor):
 
 def _answer(data: AmberData, queries: Sequence[dict], max_new_tokens: int, **kw) -> list[dict]:
     texts = generate_texts(
-        kw.pop("loaded"), [data.image_path(q) for q in queries], [q["query"] for q in queries],
-        max_new_tokens, **kw,
-    )  # fmt: skip
+        kw.pop("loaded"),
+        [data.image_path(q) for q in queries],
+        [q["query"] for q in queries],
+        max_new_tokens,
+        **kw,
+    )
     return [{"id": q["id"], "response": t} for q, t in zip(queries, texts)]
 
 
@@ -182,9 +185,15 @@ def compression_sweep(
         skipped = sorted(order[:k])
         start = time.perf_counter()
         answers = _answer(
-            generative, generative.queries, max_new_tokens, loaded=loaded, skip=skipped,
-            batch_size=batch_size, progress=progress, desc=f"skip {k}",
-        )  # fmt: skip
+            generative,
+            generative.queries,
+            max_new_tokens,
+            loaded=loaded,
+            skip=skipped,
+            batch_size=batch_size,
+            progress=progress,
+            desc=f"skip {k}",
+        )
         seconds = time.perf_counter() - start
         n_tokens = sum(len(loaded.tokenizer(a["response"])["input_ids"]) for a in answers)
         speed = n_tokens / seconds
@@ -193,19 +202,33 @@ def compression_sweep(
         accuracy, correct = None, None
         if discriminative is not None:
             replies = _answer(
-                discriminative, discriminative.queries, 3, loaded=loaded, skip=skipped,
-                batch_size=batch_size, progress=False,
-            )  # fmt: skip
+                discriminative,
+                discriminative.queries,
+                3,
+                loaded=loaded,
+                skip=skipped,
+                batch_size=batch_size,
+                progress=False,
+            )
             accuracy = score_discriminative(replies, discriminative)["accuracy"]
             correct = {}
             for q, ok in zip(discriminative.queries, answer_correct(replies, discriminative)):
                 correct.setdefault(q["image"], []).append(ok)
-        points.append(SweepPoint(
-            k=k, skipped=skipped, object_precision=1 - score.chair, object_recall=score.cover,
-            chair=score.chair, hal=score.hal, existence_accuracy=accuracy,
-            existence_correct=correct,
-            tokens_per_second=speed, speedup=speed / base_speed, ideal_speedup=L / (L - k),
-        ))  # fmt: skip
+        points.append(
+            SweepPoint(
+                k=k,
+                skipped=skipped,
+                object_precision=1 - score.chair,
+                object_recall=score.cover,
+                chair=score.chair,
+                hal=score.hal,
+                existence_accuracy=accuracy,
+                existence_correct=correct,
+                tokens_per_second=speed,
+                speedup=speed / base_speed,
+                ideal_speedup=L / (L - k),
+            )
+        )
     return points
 
 
@@ -237,9 +260,15 @@ def compare_decoding(
     results = {}
     for name, kw in variants.items():
         answers = _answer(
-            generative, generative.queries, max_new_tokens, loaded=loaded,
-            batch_size=batch_size, progress=progress, desc=name, **kw,
-        )  # fmt: skip
+            generative,
+            generative.queries,
+            max_new_tokens,
+            loaded=loaded,
+            batch_size=batch_size,
+            progress=progress,
+            desc=name,
+            **kw,
+        )
         results[name] = {
             **score_generative(answers, generative).as_dict(),
             "responses": answers,

@@ -189,50 +189,133 @@ class ClaimResult:
 #: the paper's; 16-20 are the kit's checks that a quantized run shows the same picture; 21
 #: is the kit's own, on the image tokens.
 PAPER: dict[int, tuple[str, str, str, str]] = {
-    1: ("near_zero_shallow", "token probabilities are near zero in shallow layers",
-        "§3, Fig. 2", "≈ 0 before the critical layers"),
-    2: ("sharp_rise", "they rise sharply at the critical layers", "§3, Fig. 2",
-        "layers ~18-20 of 32 (relative depth ~0.6)"),
-    3: ("content_keeps_changing", "easy tokens settle after the critical layers, content "
-        "tokens keep changing candidates", "§3, Fig. 2", "qualitative"),
-    4: ("hallucinations_mutate", "hallucinated tokens jump in deep layers more often than "
-        "correct tokens", "§3, Fig. 3", "qualitative (examples)"),
-    5: ("correct_leads_first", "before the jump the correct token often leads, then falls",
-        "§3, Fig. 3", "qualitative (examples)"),
-    6: ("js_split", "adjacent-layer JS is large in shallow layers and small in deep layers",
-        "§4, Fig. 4", "split near the critical layers"),
-    7: ("entities_rise_again", "entity tokens' JS rises again in deep layers", "§4, Fig. 4",
-        "qualitative"),
-    8: ("three_stages", "three stages: rapid evolution, stabilisation, mutation", "§4",
-        "found in LLaVA-1.5-7B"),
-    9: ("skip1_keeps", "skip.1 (drop the stable middle) keeps the output", "§4, Fig. 5",
-        "output almost unchanged, hallucinations included"),
-    10: ("skip2_fewer", "skip.2 (skip the mutation layers) removes some hallucinations",
-         "§4, Fig. 5", "hallucination corrected in the example"),
-    11: ("skip3_more", "skip.3 (critical layers to the last few) hallucinates more than the "
-         "original output", "§4, Fig. 5", "more hallucinations than the original output"),
-    12: ("tokens_diverge", "one image's tokens cluster in the first layers and diverge with "
-         "depth", "§5, Fig. 6", "qualitative (t-SNE)"),
-    13: ("vqa_fan", "VQA answer features: a tight shallow neck, a deep fan", "§5, Fig. 7",
-         "qualitative (t-SNE)"),
-    14: ("llm_fewer_mutations", "the text-only LLM mutates less than the LVLM", "§6",
-         "no clear mutation in the LLM"),
-    15: ("compression", "skipping stable layers compresses the model at little cost",
-         "§6", "little accuracy lost"),
-    16: ("quant_same_tokens", "a quantized run generates the same tokens", "kit, 09",
-         "not in the paper (run in fp16)"),
-    17: ("quant_lens_close", "a quantized run's lens distributions match full precision",
-         "kit, 09", "not in the paper (run in fp16)"),
-    18: ("quant_js_kept", "a quantized run has the same adjacent-layer JS curve", "kit, 09",
-         "not in the paper (run in fp16)"),
-    19: ("quant_stages_kept", "a quantized run has the same critical and mutation layers",
-         "kit, 09", "not in the paper (run in fp16)"),
-    20: ("quant_hallucination_kept", "a quantized run hallucinates as often and names as "
-         "many real objects", "kit, 09",
-         "not in the paper (run in fp16)"),
-    21: ("image_tokens_decode", "the image tokens decode to the object in their cell",
-         "kit, 10", "not in the paper (it decodes generated tokens only)"),
-}  # fmt: skip
+    1: (
+        "near_zero_shallow",
+        "token probabilities are near zero in shallow layers",
+        "§3, Fig. 2",
+        "≈ 0 before the critical layers",
+    ),
+    2: (
+        "sharp_rise",
+        "they rise sharply at the critical layers",
+        "§3, Fig. 2",
+        "layers ~18-20 of 32 (relative depth ~0.6)",
+    ),
+    3: (
+        "content_keeps_changing",
+        "easy tokens settle after the critical layers, content tokens keep changing candidates",
+        "§3, Fig. 2",
+        "qualitative",
+    ),
+    4: (
+        "hallucinations_mutate",
+        "hallucinated tokens jump in deep layers more often than correct tokens",
+        "§3, Fig. 3",
+        "qualitative (examples)",
+    ),
+    5: (
+        "correct_leads_first",
+        "before the jump the correct token often leads, then falls",
+        "§3, Fig. 3",
+        "qualitative (examples)",
+    ),
+    6: (
+        "js_split",
+        "adjacent-layer JS is large in shallow layers and small in deep layers",
+        "§4, Fig. 4",
+        "split near the critical layers",
+    ),
+    7: (
+        "entities_rise_again",
+        "entity tokens' JS rises again in deep layers",
+        "§4, Fig. 4",
+        "qualitative",
+    ),
+    8: (
+        "three_stages",
+        "three stages: rapid evolution, stabilisation, mutation",
+        "§4",
+        "found in LLaVA-1.5-7B",
+    ),
+    9: (
+        "skip1_keeps",
+        "skip.1 (drop the stable middle) keeps the output",
+        "§4, Fig. 5",
+        "output almost unchanged, hallucinations included",
+    ),
+    10: (
+        "skip2_fewer",
+        "skip.2 (skip the mutation layers) removes some hallucinations",
+        "§4, Fig. 5",
+        "hallucination corrected in the example",
+    ),
+    11: (
+        "skip3_more",
+        "skip.3 (critical layers to the last few) hallucinates more than the original output",
+        "§4, Fig. 5",
+        "more hallucinations than the original output",
+    ),
+    12: (
+        "tokens_diverge",
+        "one image's tokens cluster in the first layers and diverge with depth",
+        "§5, Fig. 6",
+        "qualitative (t-SNE)",
+    ),
+    13: (
+        "vqa_fan",
+        "VQA answer features: a tight shallow neck, a deep fan",
+        "§5, Fig. 7",
+        "qualitative (t-SNE)",
+    ),
+    14: (
+        "llm_fewer_mutations",
+        "the text-only LLM mutates less than the LVLM",
+        "§6",
+        "no clear mutation in the LLM",
+    ),
+    15: (
+        "compression",
+        "skipping stable layers compresses the model at little cost",
+        "§6",
+        "little accuracy lost",
+    ),
+    16: (
+        "quant_same_tokens",
+        "a quantized run generates the same tokens",
+        "kit, 09",
+        "not in the paper (run in fp16)",
+    ),
+    17: (
+        "quant_lens_close",
+        "a quantized run's lens distributions match full precision",
+        "kit, 09",
+        "not in the paper (run in fp16)",
+    ),
+    18: (
+        "quant_js_kept",
+        "a quantized run has the same adjacent-layer JS curve",
+        "kit, 09",
+        "not in the paper (run in fp16)",
+    ),
+    19: (
+        "quant_stages_kept",
+        "a quantized run has the same critical and mutation layers",
+        "kit, 09",
+        "not in the paper (run in fp16)",
+    ),
+    20: (
+        "quant_hallucination_kept",
+        "a quantized run hallucinates as often and names as many real objects",
+        "kit, 09",
+        "not in the paper (run in fp16)",
+    ),
+    21: (
+        "image_tokens_decode",
+        "the image tokens decode to the object in their cell",
+        "kit, 10",
+        "not in the paper (it decodes generated tokens only)",
+    ),
+}
 
 
 # ---- the machinery ----------------------------------------------------------------------
@@ -274,9 +357,15 @@ def estimate(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate (constant) resamples are fine here
         res = bootstrap(
-            tuple(full), stat, vectorized=False, paired=False, n_resamples=n_boot or cfg.n_boot,
-            confidence_level=cfg.level, method="percentile", rng=np.random.default_rng(cfg.seed),
-        )  # fmt: skip
+            tuple(full),
+            stat,
+            vectorized=False,
+            paired=False,
+            n_resamples=n_boot or cfg.n_boot,
+            confidence_level=cfg.level,
+            method="percentile",
+            rng=np.random.default_rng(cfg.seed),
+        )
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return Estimate(value, low, high, _holds(low, high, rule, threshold), n)
 
@@ -448,21 +537,34 @@ def claim(
                 cache[(number, cfg)] = estimates[name]
         e = estimates[name]
         if e is None or math.isnan(e.value):
-            notes.append(f"the {name} control has no value for this statistic, so the model "
-                         "was not shown to beat it")  # fmt: skip
+            notes.append(
+                f"the {name} control has no value for this statistic, so the model "
+                "was not shown to beat it"
+            )
         elif e.holds == "yes" and isinstance(data, Estimate):
             notes.append(f"{name} gives as large a value: the contrast is not beyond chance")
         elif e.holds == "yes":
             notes.append(f"the statistic holds on the {name} control too, so it says nothing")
         elif e.holds == "inconclusive":
-            notes.append(f"on the {name} control the interval straddles the threshold: noise "
-                         "might show it too")  # fmt: skip
+            notes.append(
+                f"on the {name} control the interval straddles the threshold: noise "
+                "might show it too"
+            )
     if not controls:
         notes.append("no control was measured")
     return ClaimResult(
-        number, key, paper, figure, paper_number, statistic, f"{rule} {threshold:g}",
-        model, estimates, decide(model, estimates), notes,
-    )  # fmt: skip
+        number,
+        key,
+        paper,
+        figure,
+        paper_number,
+        statistic,
+        f"{rule} {threshold:g}",
+        model,
+        estimates,
+        decide(model, estimates),
+        notes,
+    )
 
 
 def random_control(loaded: LoadedModel, seed: int = 0) -> LoadedModel:
@@ -636,9 +738,10 @@ def control_traces(
             trace(control, im, p, t.n_tokens, force=t.token_ids, **trace_kw)
             if forced
             else trace(control, im, p, t.meta.get("max_new_tokens", t.n_tokens), **trace_kw)
-            for t, im, p in tqdm(list(zip(model_traces, images, prompts)), desc=name,
-                                 disable=not progress)
-        ]  # fmt: skip
+            for t, im, p in tqdm(
+                list(zip(model_traces, images, prompts)), desc=name, disable=not progress
+            )
+        ]
     return out
 
 
@@ -684,13 +787,16 @@ class TraceSet:
             )
         detection = detect_stages(traces[0::2])
         judged = traces[1::2]
-        return cls(judged, detect_stages(judged, critical_layer=detection.critical_layer),
-                   detection)  # fmt: skip
+        return cls(
+            judged, detect_stages(judged, critical_layer=detection.critical_layer), detection
+        )
 
 
 #: Stated in every report of a claim judged on a :class:`TraceSet`.
-SPLIT_NOTE = ("stages detected on the images at even positions, the claim judged on the others "
-              "(for the model and each control)")  # fmt: skip
+SPLIT_NOTE = (
+    "stages detected on the images at even positions, the claim judged on the others "
+    "(for the model and each control)"
+)
 
 
 def near_zero_shallow(
@@ -709,9 +815,17 @@ def near_zero_shallow(
         return stat, [len(probs)]
 
     c, L = model.stages.critical_layer, model.stages.n_layers
-    return claim(1, "mean p(emitted) before the critical layer / at the last layer", "<=",
-                 cfg.near_zero_share, make, model, controls, cfg,
-                 notes=[f"critical layer {relative(c, L)}", SPLIT_NOTE])  # fmt: skip
+    return claim(
+        1,
+        "mean p(emitted) before the critical layer / at the last layer",
+        "<=",
+        cfg.near_zero_share,
+        make,
+        model,
+        controls,
+        cfg,
+        notes=[f"critical layer {relative(c, L)}", SPLIT_NOTE],
+    )
 
 
 def _rise_window(c: int, n_layers: int, cfg: ClaimConfig) -> tuple[int, int]:
@@ -741,11 +855,22 @@ def sharp_rise(model: TraceSet, controls: Mapping[str, TraceSet], cfg: ClaimConf
     L = model.stages.n_layers
     steepest = int(np.argmax(np.diff(curve))) + 1
     a, b = _rise_window(model.stages.critical_layer, L, cfg)
-    return claim(2, "rise of mean p(emitted) across the critical layer's window", ">=",
-                 cfg.sharp_rise, make, model, controls, cfg,
-                 notes=[f"window: layers {a} to {b} around the critical layer "
-                        f"{relative(model.stages.critical_layer, L)}; the steepest one-layer "
-                        f"rise is into layer {relative(steepest, L)}", SPLIT_NOTE])  # fmt: skip
+    return claim(
+        2,
+        "rise of mean p(emitted) across the critical layer's window",
+        ">=",
+        cfg.sharp_rise,
+        make,
+        model,
+        controls,
+        cfg,
+        notes=[
+            f"window: layers {a} to {b} around the critical layer "
+            f"{relative(model.stages.critical_layer, L)}; the steepest one-layer "
+            f"rise is into layer {relative(steepest, L)}",
+            SPLIT_NOTE,
+        ],
+    )
 
 
 def _class_rows(ts: TraceSet, value: Callable[[Trace, int], np.ndarray]) -> list[np.ndarray]:
@@ -780,8 +905,18 @@ def _contrast_claim(number, statistic, rule, threshold, rows_of, model, controls
     per_image = rows_of(model)
     whole = lambda rows: _class_contrast(np.concatenate(rows).reshape(-1, 3), cfg)  # noqa: E731
     null = lambda m: label_null(whole, per_image, 1, m, rule, cfg)  # noqa: E731
-    return claim(number, statistic, rule, threshold, make, model, controls, cfg,
-                 notes=[*notes, SPLIT_NOTE], nulls={"labels shuffled": null})  # fmt: skip
+    return claim(
+        number,
+        statistic,
+        rule,
+        threshold,
+        make,
+        model,
+        controls,
+        cfg,
+        notes=[*notes, SPLIT_NOTE],
+        nulls={"labels shuffled": null},
+    )
 
 
 def content_keeps_changing(
@@ -798,9 +933,16 @@ def content_keeps_changing(
 
         return _class_rows(ts, switches)
 
-    return _contrast_claim(3, "top-1 switches after the critical layer: content − function "
-                           "tokens", ">=", cfg.switch_gap, rows_of, model, controls,
-                           cfg)  # fmt: skip
+    return _contrast_claim(
+        3,
+        "top-1 switches after the critical layer: content − function tokens",
+        ">=",
+        cfg.switch_gap,
+        rows_of,
+        model,
+        controls,
+        cfg,
+    )
 
 
 # ---- §4: divergence and stages (Fig. 4) ---------------------------------------------------
@@ -848,10 +990,17 @@ def js_split(model: TraceSet, controls: Mapping[str, TraceSet], cfg: ClaimConfig
 
     curve = torch.cat([t.js[:, 1:] for t in model.traces]).double().mean(0)
     k = critical_split(curve) + 1 if len(curve) >= 4 else 0  # pair k: layer k to k + 1
-    return claim(6, "ΔBIC, step over log-linear fit of mean adjacent-layer JS (embedding step "
-                 "left out)", ">=", cfg.step_bic, make, model, controls, cfg,
-                 notes=[f"best step: layer {relative(k, model.stages.n_layers)}",
-                        SPLIT_NOTE])  # fmt: skip
+    return claim(
+        6,
+        "ΔBIC, step over log-linear fit of mean adjacent-layer JS (embedding step left out)",
+        ">=",
+        cfg.step_bic,
+        make,
+        model,
+        controls,
+        cfg,
+        notes=[f"best step: layer {relative(k, model.stages.n_layers)}", SPLIT_NOTE],
+    )
 
 
 def _two_classes(rows: np.ndarray, cfg: ClaimConfig) -> bool:
@@ -864,17 +1013,25 @@ def _two_classes(rows: np.ndarray, cfg: ClaimConfig) -> bool:
 
 def _mutated(ts: TraceSet) -> Callable[[Trace, int], np.ndarray]:
     """Per-token "has a deep mutation (a JS event)" of ``ts``'s judged traces."""
-    return lambda t, k: np.array([bool(m) for m in ts.stages.token_mutations[k : k + t.n_tokens]],
-                                 float)  # fmt: skip
+    return lambda t, k: np.array(
+        [bool(m) for m in ts.stages.token_mutations[k : k + t.n_tokens]], float
+    )
 
 
 def entities_rise_again(
     model: TraceSet, controls: Mapping[str, TraceSet], cfg: ClaimConfig
 ) -> ClaimResult:
     """Claim 7: share of content tokens with a deep mutation minus that of function tokens."""
-    return _contrast_claim(7, "share mutating in deep layers: content − function tokens", ">",
-                           cfg.more_often, lambda ts: _class_rows(ts, _mutated(ts)), model,
-                           controls, cfg)  # fmt: skip
+    return _contrast_claim(
+        7,
+        "share mutating in deep layers: content − function tokens",
+        ">",
+        cfg.more_often,
+        lambda ts: _class_rows(ts, _mutated(ts)),
+        model,
+        controls,
+        cfg,
+    )
 
 
 def three_stages(
@@ -897,12 +1054,22 @@ def three_stages(
         return out
 
     st = model.detection
-    return claim(8, f"three stages found (share of groups of {cfg.stage_group} images)", ">=",
-                 cfg.stages_found, None, model, controls, cfg,
-                 notes=[f"critical layer {relative(st.critical_layer, st.n_layers)}, mutation "
-                        f"layers {st.mutation_layers} on the detection half", SPLIT_NOTE],
-                 estimator=lambda ts: share_estimate(found(ts), ">=", cfg.stages_found,
-                                                     cfg))  # fmt: skip
+    return claim(
+        8,
+        f"three stages found (share of groups of {cfg.stage_group} images)",
+        ">=",
+        cfg.stages_found,
+        None,
+        model,
+        controls,
+        cfg,
+        notes=[
+            f"critical layer {relative(st.critical_layer, st.n_layers)}, mutation "
+            f"layers {st.mutation_layers} on the detection half",
+            SPLIT_NOTE,
+        ],
+        estimator=lambda ts: share_estimate(found(ts), ">=", cfg.stages_found, cfg),
+    )
 
 
 # ---- §3: hallucinated tokens (Fig. 3) ------------------------------------------------------
@@ -972,9 +1139,18 @@ def hallucinations_mutate(
 
     whole = lambda rows: _label_difference(np.concatenate(rows).reshape(-1, 3), 1)  # noqa: E731
     null = lambda m: label_null(whole, model.per_image, 0, m, ">", cfg)  # noqa: E731
-    return claim(4, "share with a deep mutation: hallucinated − correct object tokens", ">",
-                 cfg.more_often, make, model, controls, cfg, notes=[SPLIT_NOTE],
-                 nulls={"labels shuffled": null})  # fmt: skip
+    return claim(
+        4,
+        "share with a deep mutation: hallucinated − correct object tokens",
+        ">",
+        cfg.more_often,
+        make,
+        model,
+        controls,
+        cfg,
+        notes=[SPLIT_NOTE],
+        nulls={"labels shuffled": null},
+    )
 
 
 def correct_leads_first(
@@ -999,9 +1175,18 @@ def correct_leads_first(
 
         return stat, [len(data.per_image)]
 
-    return claim(5, "min(share of hallucinated tokens an annotated object led − often, "
-                 "that share − the correct tokens' share)", ">", 0.0, make, model, controls,
-                 cfg, notes=[SPLIT_NOTE])  # fmt: skip
+    return claim(
+        5,
+        "min(share of hallucinated tokens an annotated object led − often, "
+        "that share − the correct tokens' share)",
+        ">",
+        0.0,
+        make,
+        model,
+        controls,
+        cfg,
+        notes=[SPLIT_NOTE],
+    )
 
 
 # ---- §4: skipping (Fig. 5) ------------------------------------------------------------------
@@ -1113,15 +1298,27 @@ def preset_counts(
     runs = [("plain", [None])] + [(name, list(sets)) for name, sets in presets.items()]
     for name, sets in runs:
         for layers in sets:
-            outs = list(plain) if layers is None else generate_texts(
-                loaded, images, [prompt] * len(images), max_new_tokens, skip=layers,
-                progress=progress, desc=name)  # fmt: skip
+            outs = (
+                list(plain)
+                if layers is None
+                else generate_texts(
+                    loaded,
+                    images,
+                    [prompt] * len(images),
+                    max_new_tokens,
+                    skip=layers,
+                    progress=progress,
+                    desc=name,
+                )
+            )
             texts.setdefault(name, outs)
             rows = noun_counts(
                 [{"id": q["id"], "response": t} for q, t in zip(amber.queries, outs)], amber
             )
-            overlap = [difflib.SequenceMatcher(None, a.split(), b.split()).ratio()
-                       for a, b in zip(outs, plain)]  # fmt: skip
+            overlap = [
+                difflib.SequenceMatcher(None, a.split(), b.split()).ratio()
+                for a, b in zip(outs, plain)
+            ]
             for f in fields:
                 values = np.array([r[f] for r in rows], float)
                 sums[f][name] = sums[f].get(name, 0) + values
@@ -1137,8 +1334,17 @@ def skip1_keeps(
     def make(c: PresetCounts):
         return (lambda idx: float(c.overlap["skip1"][idx].mean())), [len(c.overlap["skip1"])]
 
-    return _preset_claim(9, "word overlap of skip.1 with plain decoding", ">=", cfg.keeps_output,
-                         make, model, controls, cfg, ("skip1",))  # fmt: skip
+    return _preset_claim(
+        9,
+        "word overlap of skip.1 with plain decoding",
+        ">=",
+        cfg.keeps_output,
+        make,
+        model,
+        controls,
+        cfg,
+        ("skip1",),
+    )
 
 
 def skip2_fewer(
@@ -1159,9 +1365,17 @@ def skip2_fewer(
 
         return stat, [len(c.nouns["plain"])]
 
-    return _preset_claim(10, "min(CHAIR plain − CHAIR skip.2, Cover change + cover_kept)", ">",
-                         cfg.fewer_hallucinations, make, model, controls, cfg,
-                         ("skip2",))  # fmt: skip
+    return _preset_claim(
+        10,
+        "min(CHAIR plain − CHAIR skip.2, Cover change + cover_kept)",
+        ">",
+        cfg.fewer_hallucinations,
+        make,
+        model,
+        controls,
+        cfg,
+        ("skip2",),
+    )
 
 
 def skip3_more(
@@ -1174,8 +1388,17 @@ def skip3_more(
             len(c.nouns["plain"])
         ]
 
-    return _preset_claim(11, "CHAIR skip.3 − CHAIR plain", ">", cfg.fewer_hallucinations,
-                         make, model, controls, cfg, ("skip3",))  # fmt: skip
+    return _preset_claim(
+        11,
+        "CHAIR skip.3 − CHAIR plain",
+        ">",
+        cfg.fewer_hallucinations,
+        make,
+        model,
+        controls,
+        cfg,
+        ("skip3",),
+    )
 
 
 def _preset_claim(number, statistic, rule, threshold, make, model, controls, cfg, needs):
@@ -1188,16 +1411,36 @@ def _preset_claim(number, statistic, rule, threshold, make, model, controls, cfg
         key, paper, figure, paper_number = PAPER[number]
         nan = Estimate(math.nan, math.nan, math.nan, "inconclusive", 0)
         why = f"the detected stages define no {' / '.join(needs)} preset"
-        return ClaimResult(number, key, paper, figure, paper_number, statistic,
-                           f"{rule} {threshold:g}", nan, dict.fromkeys(controls), "inconclusive",
-                           [why])  # fmt: skip
+        return ClaimResult(
+            number,
+            key,
+            paper,
+            figure,
+            paper_number,
+            statistic,
+            f"{rule} {threshold:g}",
+            nan,
+            dict.fromkeys(controls),
+            "inconclusive",
+            [why],
+        )
     controls = {**controls, "random skips": model.random_skips()}
-    return claim(number, statistic, rule, threshold, make, model,
-                 {k: c if has(c) else None for k, c in controls.items()}, cfg,
-                 notes=["stages detected on the images at even positions, the presets judged "
-                        "on the others; the controls skip the model's layers; random skips: "
-                        f"{cfg.random_skips} random sets of as many layers after the critical "
-                        "layer"])  # fmt: skip
+    return claim(
+        number,
+        statistic,
+        rule,
+        threshold,
+        make,
+        model,
+        {k: c if has(c) else None for k, c in controls.items()},
+        cfg,
+        notes=[
+            "stages detected on the images at even positions, the presets judged "
+            "on the others; the controls skip the model's layers; random skips: "
+            f"{cfg.random_skips} random sets of as many layers after the critical "
+            "layer"
+        ],
+    )
 
 
 # ---- §5: features (Figs. 6-7) ---------------------------------------------------------------
@@ -1228,8 +1471,16 @@ def tokens_diverge(
 
         return stat, [xy.shape[0]]
 
-    return claim(12, "t-SNE spread, deep half / layers 1-2 (tokens resampled)", ">=",
-                 cfg.diverge_ratio, make, model, controls, cfg)  # fmt: skip
+    return claim(
+        12,
+        "t-SNE spread, deep half / layers 1-2 (tokens resampled)",
+        ">=",
+        cfg.diverge_ratio,
+        make,
+        model,
+        controls,
+        cfg,
+    )
 
 
 def vqa_fan(
@@ -1264,9 +1515,17 @@ def vqa_fan(
         return stat, [xy.shape[0] for xy in arrays]
 
     n = len(model)
-    return claim(13, f"t-SNE spread, deep half / first quarter of the layers (mean of {n} "
-                 "questions, one projection each)", ">=", cfg.diverge_ratio, make, model,
-                 controls, cfg)  # fmt: skip
+    return claim(
+        13,
+        f"t-SNE spread, deep half / first quarter of the layers (mean of {n} "
+        "questions, one projection each)",
+        ">=",
+        cfg.diverge_ratio,
+        make,
+        model,
+        controls,
+        cfg,
+    )
 
 
 # ---- §6: the LLM alone, compression ---------------------------------------------------------
@@ -1291,8 +1550,17 @@ def llm_fewer_mutations(
 
         return stat, [len(lvlm), len(llm)]
 
-    return claim(14, "share of tokens mutating: LVLM − LLM", ">", cfg.more_often, make, model,
-                 controls, cfg, notes=[SPLIT_NOTE])  # fmt: skip
+    return claim(
+        14,
+        "share of tokens mutating: LVLM − LLM",
+        ">",
+        cfg.more_often,
+        make,
+        model,
+        controls,
+        cfg,
+        notes=[SPLIT_NOTE],
+    )
 
 
 @dataclass
@@ -1365,12 +1633,23 @@ def compression(
         key, paper, figure, paper_number = PAPER[15]
         k = compression_k(n_layers or 0, cfg)
         nan = Estimate(math.nan, math.nan, math.nan, "no", 0)
-        return ClaimResult(15, key, paper, figure, paper_number,
-                           f"accuracy margin with the {k} most stable layers skipped", ">= 0",
-                           nan, dict.fromkeys(controls), "not shown",
-                           [f"the detected stabilisation stage holds fewer than {k} layers "
-                            f"({cfg.compression_depth:g} of the depth): there are not that many "
-                            "stable layers to skip"])  # fmt: skip
+        return ClaimResult(
+            15,
+            key,
+            paper,
+            figure,
+            paper_number,
+            f"accuracy margin with the {k} most stable layers skipped",
+            ">= 0",
+            nan,
+            dict.fromkeys(controls),
+            "not shown",
+            [
+                f"the detected stabilisation stage holds fewer than {k} layers "
+                f"({cfg.compression_depth:g} of the depth): there are not that many "
+                "stable layers to skip"
+            ],
+        )
 
     def make(a: SweepAnswers):
         def stat(idx):
@@ -1379,10 +1658,20 @@ def compression(
 
         return stat, [len(a.base)]
 
-    return claim(15, f"accuracy margin with the {model.k} most stable layers skipped", ">=",
-                 0.0, make, model, controls, cfg,
-                 notes=[f"existence accuracy {model.base.mean():.3f} unskipped, "
-                        f"{model.skipped.mean():.3f} with {model.k} layers skipped"])  # fmt: skip
+    return claim(
+        15,
+        f"accuracy margin with the {model.k} most stable layers skipped",
+        ">=",
+        0.0,
+        make,
+        model,
+        controls,
+        cfg,
+        notes=[
+            f"existence accuracy {model.base.mean():.3f} unskipped, "
+            f"{model.skipped.mean():.3f} with {model.k} layers skipped"
+        ],
+    )
 
 
 # ---- the kit's checks of a quantized run (notebook 09) ------------------------------------
@@ -1403,8 +1692,19 @@ def quant_same_tokens(
     def make(c: Comparison):
         return (lambda idx: float(c.token_agreement[idx].mean())), [len(c.token_agreement)]
 
-    return _variant(claim(16, "share of the full-precision tokens reproduced in order", ">=",
-                          cfg.same_tokens, make, model, controls, cfg), model)  # fmt: skip
+    return _variant(
+        claim(
+            16,
+            "share of the full-precision tokens reproduced in order",
+            ">=",
+            cfg.same_tokens,
+            make,
+            model,
+            controls,
+            cfg,
+        ),
+        model,
+    )
 
 
 def quant_lens_close(
@@ -1416,9 +1716,20 @@ def quant_lens_close(
         return (lambda idx: float(c.lens_kl[idx].mean(0).max())), [len(c.lens_kl)]
 
     worst = int(model.lens_kl.mean(0).argmax())
-    return _variant(claim(17, "KL(full ‖ quantized) of the lens, worst layer, nats", "<=",
-                          cfg.lens_close, make, model, controls, cfg,
-                          notes=[f"worst lens layer {worst}"]), model)  # fmt: skip
+    return _variant(
+        claim(
+            17,
+            "KL(full ‖ quantized) of the lens, worst layer, nats",
+            "<=",
+            cfg.lens_close,
+            make,
+            model,
+            controls,
+            cfg,
+            notes=[f"worst lens layer {worst}"],
+        ),
+        model,
+    )
 
 
 def quant_js_kept(
@@ -1429,8 +1740,19 @@ def quant_js_kept(
     def make(c: Comparison):
         return (lambda idx: float(c.js_correlation[idx].mean())), [len(c.js_correlation)]
 
-    return _variant(claim(18, "correlation of the adjacent-layer JS curves", ">=", cfg.js_kept,
-                          make, model, controls, cfg), model)  # fmt: skip
+    return _variant(
+        claim(
+            18,
+            "correlation of the adjacent-layer JS curves",
+            ">=",
+            cfg.js_kept,
+            make,
+            model,
+            controls,
+            cfg,
+        ),
+        model,
+    )
 
 
 def quant_stages_kept(
@@ -1445,17 +1767,35 @@ def quant_stages_kept(
         def stat(idx):
             a = detect_stages([c.reference.traces[i] for i in idx])
             b = detect_stages([c.other.traces[i] for i in idx])
-            return float(max(abs(a.critical_layer - b.critical_layer),
-                             abs(a.stabilisation_end - b.stabilisation_end)))  # fmt: skip
+            return float(
+                max(
+                    abs(a.critical_layer - b.critical_layer),
+                    abs(a.stabilisation_end - b.stabilisation_end),
+                )
+            )
 
         return stat, [len(c.reference.traces)]
 
     ref, other = model.reference.stages, model.other.stages
-    note = (f"critical layer {ref.critical_layer} -> {other.critical_layer}, first mutation "
-            f"layer {ref.stabilisation_end} -> {other.stabilisation_end}")  # fmt: skip
-    return _variant(claim(19, "shift of critical / first mutation layer, layers", "<=",
-                          cfg.stages_kept, make, model, controls, cfg, n_boot=cfg.n_boot_stages,
-                          notes=[note]), model)  # fmt: skip
+    note = (
+        f"critical layer {ref.critical_layer} -> {other.critical_layer}, first mutation "
+        f"layer {ref.stabilisation_end} -> {other.stabilisation_end}"
+    )
+    return _variant(
+        claim(
+            19,
+            "shift of critical / first mutation layer, layers",
+            "<=",
+            cfg.stages_kept,
+            make,
+            model,
+            controls,
+            cfg,
+            n_boot=cfg.n_boot_stages,
+            notes=[note],
+        ),
+        model,
+    )
 
 
 def quant_hallucination_kept(
@@ -1477,11 +1817,21 @@ def quant_hallucination_kept(
         return stat, [len(ref.traces)]
 
     ref, other = model.reference, model.other
-    note = (f"CHAIR {ref.chair:.3f} -> {other.chair:.3f}, Cover {ref.cover:.3f} -> "
-            f"{other.cover:.3f}")  # fmt: skip
-    return _variant(claim(20, "larger absolute change of CHAIR and Cover", "<=",
-                          cfg.hallucination_kept, make, model, controls, cfg, notes=[note]),
-                    model)  # fmt: skip
+    note = f"CHAIR {ref.chair:.3f} -> {other.chair:.3f}, Cover {ref.cover:.3f} -> {other.cover:.3f}"
+    return _variant(
+        claim(
+            20,
+            "larger absolute change of CHAIR and Cover",
+            "<=",
+            cfg.hallucination_kept,
+            make,
+            model,
+            controls,
+            cfg,
+            notes=[note],
+        ),
+        model,
+    )
 
 
 # ---- the kit's own: the lens on the image tokens (notebook 10) ----------------------------
@@ -1512,7 +1862,14 @@ def image_tokens_decode(
 
     best = int(np.nanargmax(np.nanmean(model.accuracy[0::2], 0)))
     L = model.accuracy.shape[1] - 1
-    return claim(21, "patch accuracy − chance at the best layer (chosen on the other images)",
-                 ">", 0.0, make, model, controls, cfg,
-                 notes=[f"best layer {relative(best, L)}; chance {model.chance:.3f}",
-                        SPLIT_NOTE])  # fmt: skip
+    return claim(
+        21,
+        "patch accuracy − chance at the best layer (chosen on the other images)",
+        ">",
+        0.0,
+        make,
+        model,
+        controls,
+        cfg,
+        notes=[f"best layer {relative(best, L)}; chance {model.chance:.3f}", SPLIT_NOTE],
+    )

@@ -69,9 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             write_json(path, scores)
         except OSError as exc:
-            print(f"could not save the scores to {path} ({exc.strerror or exc}); they are "
-                  "printed above. Free some space and run evaluate again to save them.",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"could not save the scores to {path} ({exc.strerror or exc}); they are "
+                "printed above. Free some space and run evaluate again to save them.",
+                file=sys.stderr,
+            )
             return 1
         return 0
 
@@ -97,15 +99,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     device_map = {"": str(state.device)} if state.num_processes > 1 else None
     loaded = load_model(args.model, args.quantization, args.dtype, device_map=device_map)
     run = trace_dataset(
-        loaded, items, args.out, args.max_new_tokens, source=source, overwrite=args.overwrite,
-        keep_going=args.keep_going, process_index=state.process_index,
-        num_processes=state.num_processes, **trace_kwargs,
-    )  # fmt: skip
+        loaded,
+        items,
+        args.out,
+        args.max_new_tokens,
+        source=source,
+        overwrite=args.overwrite,
+        keep_going=args.keep_going,
+        process_index=state.process_index,
+        num_processes=state.num_processes,
+        **trace_kwargs,
+    )
     print(f"[{state.process_index}/{state.num_processes}] {run.summary()} in {args.out}")
     if run.elsewhere:
-        print(f"[{state.process_index}/{state.num_processes}] {len(run.elsewhere)} items were "
-              "left to another run that holds them; run trace again once it ends to check they "
-              "are done.", file=sys.stderr)  # fmt: skip
+        print(
+            f"[{state.process_index}/{state.num_processes}] {len(run.elsewhere)} items were "
+            "left to another run that holds them; run trace again once it ends to check they "
+            "are done.",
+            file=sys.stderr,
+        )
     return 1 if run.failed or run.elsewhere else 0
 
 

@@ -97,8 +97,9 @@ def run(
     scores = []  # per image: hallucinated, counted, covered, truth
     for q, t in zip(queries, traces):
         ann = amber.annotations[int(q["id"])]
-        a = analyse_response(t.generated_text, ann["truth"], ann.get("hallu", []),
-                             amber.relation, amber.safe_words)  # fmt: skip
+        a = analyse_response(
+            t.generated_text, ann["truth"], ann.get("hallu", []), amber.relation, amber.safe_words
+        )
         scores.append((len(a.hallucinated), a.n_counted, len(a.covered), len(ann["truth"])))
     per = np.array(scores).reshape(-1, 4).T
     return Run(name, traces, detect_stages(traces), *per, memory_footprint(loaded))
@@ -186,12 +187,16 @@ def compare(
         raise ValueError("the two runs must trace the same images.")
     queries = amber.queries[: len(reference.traces)]
     agree, corr, kl = [], [], []
-    for q, a, b in tqdm(list(zip(queries, reference.traces, other.traces)),
-                        desc=f"compare {other.name}"):  # fmt: skip
+    for q, a, b in tqdm(
+        list(zip(queries, reference.traces, other.traces)), desc=f"compare {other.name}"
+    ):
         agree.append(token_agreement(a.token_ids, b.token_ids))
         corr.append(_correlation(a.js.mean(0).numpy(), b.js.mean(0).numpy()))
-        kl.append(lens_kl(reference_model, other_model, amber.image_path(q), prompt,
-                          a.token_ids, lens_norm))  # fmt: skip
+        kl.append(
+            lens_kl(
+                reference_model, other_model, amber.image_path(q), prompt, a.token_ids, lens_norm
+            )
+        )
     return Comparison(reference, other, np.array(agree), np.array(corr), np.stack(kl))
 
 
@@ -202,5 +207,11 @@ def _correlation(x: np.ndarray, y: np.ndarray) -> float:
 
 
 __all__: Sequence[str] = [
-    "Comparison", "Run", "compare", "lens_kl", "memory_footprint", "run", "token_agreement",
-]  # fmt: skip
+    "Comparison",
+    "Run",
+    "compare",
+    "lens_kl",
+    "memory_footprint",
+    "run",
+    "token_agreement",
+]

@@ -309,14 +309,27 @@ def export_amber(
     settings = export_settings(n_images, seed, priors, questions_per_image, probe)
     if not overwrite and Path(root).exists() and read_marker(root, EXPORT_MARKER) is not None:
         raise FileExistsError(f"'{root}' exists; pass overwrite=True or choose another folder.")
-    return write_kit_folder(root, EXPORT_MARKER, settings, _write_export, overwrite=True,
-                            what="export_amber", legacy=_old_export_settings)  # fmt: skip
+    return write_kit_folder(
+        root,
+        EXPORT_MARKER,
+        settings,
+        _write_export,
+        overwrite=True,
+        what="export_amber",
+        legacy=_old_export_settings,
+    )
 
 
 def _write_export(root: Path, settings: dict) -> None:
     priors = tuple(Prior(**p) for p in settings["priors"])
-    _write(root, settings["n_images"], settings["seed"], priors, settings["questions_per_image"],
-           settings["probe"])  # fmt: skip
+    _write(
+        root,
+        settings["n_images"],
+        settings["seed"],
+        priors,
+        settings["questions_per_image"],
+        settings["probe"],
+    )
 
 
 def _old_export_settings(root: Path) -> dict | None:
@@ -413,8 +426,14 @@ def _data_root(data: str, output_dir: str | Path, n_images: int, seed: int) -> s
     return str(root)
 
 
-def resolve_data(data: str, output_dir: str | Path, n_images: int, seed: int = 0,
-                 prompt: str | None = None, queries: str = "generative") -> list[Item]:  # fmt: skip
+def resolve_data(
+    data: str,
+    output_dir: str | Path,
+    n_images: int,
+    seed: int = 0,
+    prompt: str | None = None,
+    queries: str = "generative",
+) -> list[Item]:
     """The first ``n_images`` items of ``data``.
 
     Args:
@@ -430,8 +449,9 @@ def resolve_data(data: str, output_dir: str | Path, n_images: int, seed: int = 0
     return dataset_items(_data_root(data, output_dir, n_images, seed), prompt, queries)[:n_images]
 
 
-def resolve_amber(data: str, output_dir: str | Path, n_images: int, seed: int = 0,
-                  queries: str = "generative"):  # fmt: skip
+def resolve_amber(
+    data: str, output_dir: str | Path, n_images: int, seed: int = 0, queries: str = "generative"
+):
     """AMBER data (annotations included) for the first ``n_images`` images of ``data``.
 
     Raises:
@@ -439,8 +459,10 @@ def resolve_amber(data: str, output_dir: str | Path, n_images: int, seed: int = 
     """
     root = Path(_data_root(data, output_dir, n_images, seed))
     if not (root / "data" / "annotations.json").is_file():
-        raise ValueError(f"'{root}' has no AMBER annotations; this notebook needs AMBER's "
-                         "layout (or DATA='testbed').")  # fmt: skip
+        raise ValueError(
+            f"'{root}' has no AMBER annotations; this notebook needs AMBER's "
+            "layout (or DATA='testbed')."
+        )
     amber = read_amber(root, queries)
     images = {q["image"] for q in read_amber(root, "generative").queries[:n_images]}
     amber.queries = [q for q in amber.queries if q["image"] in images]
@@ -474,8 +496,9 @@ def cell_truth(amber: AmberData) -> list[list[tuple[str, str] | None]]:
     return out
 
 
-def vqa_items(data: str, output_dir: str | Path, objects: list[str], per_question: int,
-              seed: int = 0) -> list[dict]:  # fmt: skip
+def vqa_items(
+    data: str, output_dir: str | Path, objects: list[str], per_question: int, seed: int = 0
+) -> list[dict]:
     """Single-word VQA items: ``{"image", "question", "answer"}``.
 
     - ``data="testbed"``: ``per_question`` fresh scenes holding each of ``objects``, asked
@@ -495,16 +518,22 @@ def vqa_items(data: str, output_dir: str | Path, objects: list[str], per_questio
     if data not in TESTBED_DATA and (root / "data" / "annotations.json").is_file():
         amber = read_amber(root, "existence")
         return [
-            {"image": str(amber.image_path(q)), "question": q["query"],
-             "answer": str(amber.annotations[int(q["id"])]["truth"]).lower()}
+            {
+                "image": str(amber.image_path(q)),
+                "question": q["query"],
+                "answer": str(amber.annotations[int(q["id"])]["truth"]).lower(),
+            }
             for q in amber.queries[: per_question * len(objects)]
-        ]  # fmt: skip
+        ]
     if data not in TESTBED_DATA:
         return _read_vqa(root)
     folder = Path(output_dir) / "vqa_images"
     rng = random.Random(seed)
-    scenes = {f"{obj}_{i}.png": (obj, sample_scene(rng, require=obj))
-              for obj in objects for i in range(per_question)}  # fmt: skip
+    scenes = {
+        f"{obj}_{i}.png": (obj, sample_scene(rng, require=obj))
+        for obj in objects
+        for i in range(per_question)
+    }
 
     def write(tmp: Path, _: dict) -> None:
         for name, (_, scene) in scenes.items():
@@ -513,7 +542,10 @@ def vqa_items(data: str, output_dir: str | Path, objects: list[str], per_questio
     settings = {"objects": list(objects), "per_question": per_question, "seed": seed}
     write_kit_folder(folder, VQA_MARKER, settings, write, what="vqa_items")
     return [
-        {"image": str(folder / name), "question": f"what colour is the {obj}?",
-         "answer": next(g.colour for g in scene.groups if g.category == obj)}
+        {
+            "image": str(folder / name),
+            "question": f"what colour is the {obj}?",
+            "answer": next(g.colour for g in scene.groups if g.category == obj),
+        }
         for name, (obj, scene) in scenes.items()
-    ]  # fmt: skip
+    ]

@@ -82,20 +82,27 @@ def project(
         from sklearn.manifold import TSNE
 
         xy = TSNE(
-            n_components=2, perplexity=min(perplexity, (n - 1) / 3), learning_rate=learning_rate,
-            max_iter=max_iter, init="pca", random_state=seed,
-        ).fit_transform(flat)  # fmt: skip
+            n_components=2,
+            perplexity=min(perplexity, (n - 1) / 3),
+            learning_rate=learning_rate,
+            max_iter=max_iter,
+            init="pca",
+            random_state=seed,
+        ).fit_transform(flat)
     else:
         import umap
 
         xy = umap.UMAP(
             n_neighbors=min(n_neighbors, n - 1), random_state=seed, n_jobs=1, init="random"
         ).fit_transform(flat)
-    return pd.DataFrame({
-        "item": np.repeat(np.arange(n_items), n_layers),
-        "layer": np.tile(np.arange(1, n_layers + 1), n_items),
-        "x": xy[:, 0], "y": xy[:, 1],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "item": np.repeat(np.arange(n_items), n_layers),
+            "layer": np.tile(np.arange(1, n_layers + 1), n_items),
+            "x": xy[:, 0],
+            "y": xy[:, 1],
+        }
+    )
 
 
 def spread_by_layer(coords: pd.DataFrame) -> pd.Series:

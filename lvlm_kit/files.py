@@ -186,8 +186,9 @@ def write_kit_folder(
     tmp = make_temp_dir(root.parent, f".{root.name}.")
     try:
         write(tmp, settings)
-        (tmp / marker).write_text(json.dumps({"settings": settings, "files": _tree(tmp)}),
-                                  encoding="utf-8")  # fmt: skip
+        (tmp / marker).write_text(
+            json.dumps({"settings": settings, "files": _tree(tmp)}), encoding="utf-8"
+        )
         if root.exists():
             shutil.rmtree(root)
         tmp.rename(root)

@@ -173,9 +173,13 @@ def score_generative(
         if ann is None or ann.get("type") != "generative":
             raise ValueError(f"response id {r['id']} has no generative annotation in {data.root}.")
         a = analyse_response(
-            r["response"], ann["truth"], ann.get("hallu", []), data.relation, data.safe_words,
+            r["response"],
+            ann["truth"],
+            ann.get("hallu", []),
+            data.relation,
+            data.safe_words,
             safe_words_in_denominator,
-        )  # fmt: skip
+        )
         n_halluc += len(a.hallucinated)
         n_nouns += a.n_counted
         n_cov += len(a.covered)
@@ -207,17 +211,25 @@ def noun_counts(responses: Sequence[dict], data: AmberData) -> list[dict[str, in
     out = []
     for r in responses:
         ann = data.annotations[r["id"]]
-        a = analyse_response(r["response"], ann["truth"], ann.get("hallu", []), data.relation,
-                             data.safe_words)  # fmt: skip
-        out.append({"nouns": a.n_counted, "hallucinated": len(a.hallucinated),
-                    "covered": len(a.covered), "truth": len(ann["truth"])})  # fmt: skip
+        a = analyse_response(
+            r["response"], ann["truth"], ann.get("hallu", []), data.relation, data.safe_words
+        )
+        out.append(
+            {
+                "nouns": a.n_counted,
+                "hallucinated": len(a.hallucinated),
+                "covered": len(a.covered),
+                "truth": len(ann["truth"]),
+            }
+        )
     return out
 
 
 def answer_correct(responses: Sequence[dict], data: AmberData) -> list[bool]:
     """Per discriminative response: does its yes/no (first word) match the annotation?"""
-    return [_yes_no(r["response"]) == str(data.annotations[r["id"]]["truth"]).lower()
-            for r in responses]  # fmt: skip
+    return [
+        _yes_no(r["response"]) == str(data.annotations[r["id"]]["truth"]).lower() for r in responses
+    ]
 
 
 def _yes_no(text: str) -> str | None:
@@ -250,8 +262,13 @@ def score_discriminative(responses: Sequence[dict], data: AmberData) -> dict[str
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     n = len(responses)
-    return {"accuracy": correct / n if n else 0.0, "precision": precision, "recall": recall,
-            "f1": f1, "n": n}  # fmt: skip
+    return {
+        "accuracy": correct / n if n else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "n": n,
+    }
 
 
 # ---- token-level labels ------------------------------------------------------------------
@@ -390,16 +407,21 @@ def object_token_events(
             kw["force"] = force[n].token_ids
         tr = trace(loaded, image, prompt, max_new_tokens, **kw)
         traces.append(tr)
-        labels = label_tokens(tr, ann["truth"], ann.get("hallu", []), amber.relation,
-                              amber.safe_words)  # fmt: skip
+        labels = label_tokens(
+            tr, ann["truth"], ann.get("hallu", []), amber.relation, amber.safe_words
+        )
         steps = [i for i, lab in enumerate(labels.labels) if lab != "other"]
         if not steps:
             continue
         rivals = [int(tr.topk_ids[i, -1, 1]) for i in steps]
-        truth = {o: ids[0] for o in ann["truth"]
-                 if (ids := loaded.tokenizer.encode(o, add_special_tokens=False))}  # fmt: skip
-        watched = trace(loaded, image, prompt, max_new_tokens,
-                        watch=rivals + list(truth.values()), **kw)  # fmt: skip
+        truth = {
+            o: ids[0]
+            for o in ann["truth"]
+            if (ids := loaded.tokenizer.encode(o, add_special_tokens=False))
+        }
+        watched = trace(
+            loaded, image, prompt, max_new_tokens, watch=rivals + list(truth.values()), **kw
+        )
         for i, rival in zip(steps, rivals):
             emitted = int(watched.token_ids[i])
             over = overtake_layer(watched, i, emitted, rival)
@@ -410,13 +432,32 @@ def object_token_events(
                 p = watched.prob_of(i, emitted).double().numpy()
                 po = np.stack([watched.prob_of(i, t).double().numpy() for t in others])
                 lead = np.where(po > p, po, 0.0).max(0)
-            rows.append({
-                "image": n, "step": i, "label": labels.labels[i], "object": labels.objects[i],
-                "rival": watched.vocab[rival], "rival_id": rival, "overtake": over,
-                "rival_before": before, "truth_lead": lead, "trace": watched,
-            })  # fmt: skip
-    columns = ["image", "step", "label", "object", "rival", "rival_id", "overtake",
-               "rival_before", "truth_lead", "trace"]  # fmt: skip
+            rows.append(
+                {
+                    "image": n,
+                    "step": i,
+                    "label": labels.labels[i],
+                    "object": labels.objects[i],
+                    "rival": watched.vocab[rival],
+                    "rival_id": rival,
+                    "overtake": over,
+                    "rival_before": before,
+                    "truth_lead": lead,
+                    "trace": watched,
+                }
+            )
+    columns = [
+        "image",
+        "step",
+        "label",
+        "object",
+        "rival",
+        "rival_id",
+        "overtake",
+        "rival_before",
+        "truth_lead",
+        "trace",
+    ]
     responses = [
         {"id": q["id"], "response": t.generated_text} for q, t in zip(amber.queries, traces)
     ]

@@ -139,9 +139,11 @@ def chat_prompt(loaded: LoadedModel, prompt: str, with_image: bool) -> str:
     # The tokenizer renders the processor's template: some processors' own
     # apply_chat_template reads their video processor, absent without torchvision.
     return loaded.tokenizer.apply_chat_template(
-        conversation, chat_template=templater.chat_template, add_generation_prompt=True,
+        conversation,
+        chat_template=templater.chat_template,
+        add_generation_prompt=True,
         tokenize=False,
-    )  # fmt: skip
+    )
 
 
 def prepare_inputs(

@@ -207,12 +207,17 @@ def check_head(loaded: LoadedModel, lens: Lens, n_tokens: int = 6) -> dict[str, 
         errors[f"soft-cap {cap:g}"] = error(torch.tanh(raw / cap) * cap)
     matches = [name for name, e in errors.items() if name != "expected" and e <= tol]
     expected = (
-        f"soft-cap {anatomy.softcap:g}" if anatomy.softcap else
-        f"logit scale {anatomy.logit_scale:g}" if anatomy.logit_scale else "none"
-    )  # fmt: skip
-    found = f"the model's logits match: {matches[0]}" if matches else (
-        "no transform the config names (none, logit scale, soft-cap) matches the logits"
-    )  # fmt: skip
+        f"soft-cap {anatomy.softcap:g}"
+        if anatomy.softcap
+        else f"logit scale {anatomy.logit_scale:g}"
+        if anatomy.logit_scale
+        else "none"
+    )
+    found = (
+        f"the model's logits match: {matches[0]}"
+        if matches
+        else ("no transform the config names (none, logit scale, soft-cap) matches the logits")
+    )
     raise HeadMismatchError(
         f"the lens's last layer does not reproduce the logits of {type(model).__name__} "
         f"(model_type={anatomy.model_type!r}) under transformers {transformers.__version__}: "
@@ -524,10 +529,15 @@ def _without_video(cls: type) -> tuple[type, dict[str, Any]]:
     attrs = [a for a in cls.get_attributes() if a != "video_processor"]
     if len(attrs) == len(cls.get_attributes()):
         return cls, {}
-    images_only = type(cls.__name__, (cls,), {
-        "get_attributes": classmethod(lambda _: list(attrs)), "__module__": cls.__module__,
-        "__doc__": f"{cls.__name__} for images and text (no video processor: no torchvision).",
-    })  # fmt: skip
+    images_only = type(
+        cls.__name__,
+        (cls,),
+        {
+            "get_attributes": classmethod(lambda _: list(attrs)),
+            "__module__": cls.__module__,
+            "__doc__": f"{cls.__name__} for images and text (no video processor: no torchvision).",
+        },
+    )
     return images_only, {"video_processor": None}
 
 

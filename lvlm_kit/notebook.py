@@ -154,8 +154,10 @@ def start(name: str, **parameters: Any) -> tuple[Path, LoadedModel]:
     lm = load(
         parameters["MODEL"], parameters["QUANTIZATION"], parameters["DEVICE"], parameters["DTYPE"]
     )
-    print(f"{parameters['MODEL']}: {lm.anatomy.n_layers} decoder layers, {lm.precision}; "
-          f"outputs in {out}")  # fmt: skip
+    print(
+        f"{parameters['MODEL']}: {lm.anatomy.n_layers} decoder layers, {lm.precision}; "
+        f"outputs in {out}"
+    )
     return out, lm
 
 

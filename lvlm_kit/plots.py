@@ -61,8 +61,12 @@ def token_probability_heatmap(
     fig, ax = plt.subplots(figsize=(0.35 * (trace.n_layers + 1) + 2.5, 0.28 * n + 1.5))
     sns.heatmap(
         pd.DataFrame(trace.token_prob[:n].numpy(), index=_labels(trace, n)),
-        ax=ax, cmap="viridis", vmin=0, vmax=1, cbar_kws={"label": "p(token)"},
-    )  # fmt: skip
+        ax=ax,
+        cmap="viridis",
+        vmin=0,
+        vmax=1,
+        cbar_kws={"label": "p(token)"},
+    )
     if stages is not None:
         ax.axvline(stages.critical_layer + 0.5, color="w", ls="--", lw=1.5)
         for m in stages.mutation_layers:
@@ -81,20 +85,32 @@ def probability_curve(traces: Sequence[Trace], stages: Stages) -> plt.Figure:
     """
     probs = [t.token_prob.double().numpy() for t in traces]  # per image [tokens, L+1]
     rng = np.random.default_rng(0)
-    means = np.stack([np.concatenate([probs[i] for i in rng.integers(0, len(probs), len(probs))])
-                      .mean(0) for _ in range(500)])  # fmt: skip
+    means = np.stack(
+        [
+            np.concatenate([probs[i] for i in rng.integers(0, len(probs), len(probs))]).mean(0)
+            for _ in range(500)
+        ]
+    )
     low, high = np.percentile(means, [2.5, 97.5], axis=0)
     x = np.arange(stages.n_layers + 1)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(x, np.concatenate(probs).mean(0), "k-o", ms=3, label="mean p(emitted token)")
     ax.fill_between(x, low, high, color="k", alpha=0.2, lw=0, label="95% CI (images)")
-    ax.axvline(stages.critical_layer, color="C0", ls="--",
-               label=f"critical layer {stages.critical_layer}")  # fmt: skip
+    ax.axvline(
+        stages.critical_layer, color="C0", ls="--", label=f"critical layer {stages.critical_layer}"
+    )
     for i, m in enumerate(stages.mutation_layers):
         ax.axvline(m, color="C3", ls=":", label="mutation layers" if i == 0 else None)
-    ax.set(xlabel="lens layer j", ylabel="p(emitted token)", ylim=(0, 1.02),
-           title=_title("Token probability by layer, mean over tokens",
-                        traces[0].model_name, traces[0].lens_norm))  # fmt: skip
+    ax.set(
+        xlabel="lens layer j",
+        ylabel="p(emitted token)",
+        ylim=(0, 1.02),
+        title=_title(
+            "Token probability by layer, mean over tokens",
+            traces[0].model_name,
+            traces[0].lens_norm,
+        ),
+    )
     _depth_axis(ax, stages.n_layers)
     ax.legend(fontsize=7, loc="upper left")
     return fig
@@ -110,14 +126,28 @@ def js_heatmap(trace: Trace, max_tokens: int = 24, stages: Stages | None = None)
     fig, ax = plt.subplots(figsize=(0.4 * trace.n_layers + 2.5, 0.28 * n + 1.5))
     sns.heatmap(
         pd.DataFrame(trace.js[:n].numpy(), index=_labels(trace, n), columns=cols),
-        ax=ax, cmap="magma", vmin=0, vmax=np.log(2), cbar_kws={"label": "JSD (nats)"},
-    )  # fmt: skip
+        ax=ax,
+        cmap="magma",
+        vmin=0,
+        vmax=np.log(2),
+        cbar_kws={"label": "JSD (nats)"},
+    )
     if stages is not None:  # column j is the pair j -> j+1, centred at j + 0.5
-        ax.axvline(stages.critical_layer, color="w", ls="--", lw=1.5,
-                   label=f"critical layer {stages.critical_layer}")  # fmt: skip
+        ax.axvline(
+            stages.critical_layer,
+            color="w",
+            ls="--",
+            lw=1.5,
+            label=f"critical layer {stages.critical_layer}",
+        )
         for i, m in enumerate(stages.mutation_layers):
-            ax.axvline(m - 0.5, color="c", ls=":", lw=1.5,
-                       label="into a mutation layer" if i == 0 else None)  # fmt: skip
+            ax.axvline(
+                m - 0.5,
+                color="c",
+                ls=":",
+                lw=1.5,
+                label="into a mutation layer" if i == 0 else None,
+            )
         ax.legend(fontsize=7, loc="lower left", framealpha=0.8)
     title = _title("JS divergence of adjacent layers", trace.model_name, trace.lens_norm)
     ax.set(xlabel="adjacent layers", ylabel="generated token", title=title)
@@ -157,8 +187,16 @@ def js_curve(
     spans += [((m - 0.5, m + 0.5), "mutation", "xx") for m in stages.mutation_layers]
     named = set()
     for (a, b), name, hatch in spans:
-        ax.axvspan(a, b, facecolor=STAGE_COLOURS[name], alpha=0.35, hatch=hatch, edgecolor="0.5",
-                   lw=0, label=None if name in named else name)  # fmt: skip
+        ax.axvspan(
+            a,
+            b,
+            facecolor=STAGE_COLOURS[name],
+            alpha=0.35,
+            hatch=hatch,
+            edgecolor="0.5",
+            lw=0,
+            label=None if name in named else name,
+        )
         named.add(name)
     x = np.arange(1, L + 1)  # JS(p_{j-1}, p_j) is drawn at layer j
     ax.plot(x, stages.js_curve, "k-o", ms=3, label=label)
@@ -183,7 +221,7 @@ def js_curve(
             f"critical layer {stages.critical_layer}, mutation {stages.mutation_layers}",
             model,
             lens,
-        ),  # fmt: skip
+        ),
     )
     _depth_axis(ax, L)
     ax.legend(fontsize=7, loc="best")
@@ -210,10 +248,17 @@ def candidate_trajectories(
         name = (labels or {}).get(tid, trace.vocab.get(tid, str(tid)))
         rows += [{"layer": j, "p": float(p), "token": repr(name)} for j, p in enumerate(probs)]
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    sns.lineplot(pd.DataFrame(rows), x="layer", y="p", hue="token", style="token",
-                 markers=True, ax=ax)  # fmt: skip
-    ax.set(title=_title(f"token {step} {trace.tokens[step]!r}: candidates by layer",
-                        trace.model_name, trace.lens_norm), ylim=(0, 1.02))  # fmt: skip
+    sns.lineplot(
+        pd.DataFrame(rows), x="layer", y="p", hue="token", style="token", markers=True, ax=ax
+    )
+    ax.set(
+        title=_title(
+            f"token {step} {trace.tokens[step]!r}: candidates by layer",
+            trace.model_name,
+            trace.lens_norm,
+        ),
+        ylim=(0, 1.02),
+    )
     _depth_axis(ax, trace.n_layers)
     return fig
 
@@ -229,15 +274,24 @@ def _projection(ax: plt.Axes, coords: pd.DataFrame, labels: Sequence[str] | None
         last = coords[coords.layer == coords.layer.max()].copy()
         last["label"] = [labels[i] for i in last["item"]]
         for word, g in last.groupby("label"):
-            ax.annotate(word, (g.x.mean(), g.y.mean()), fontsize=7, ha="center", zorder=3,
-                        bbox={"boxstyle": "round,pad=0.15", "fc": "w", "ec": "none",
-                              "alpha": 0.7})  # fmt: skip
+            ax.annotate(
+                word,
+                (g.x.mean(), g.y.mean()),
+                fontsize=7,
+                ha="center",
+                zorder=3,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "w", "ec": "none", "alpha": 0.7},
+            )
     ax.set(xticks=[], yticks=[])
     return points
 
 
-def projection_plot(coords: pd.DataFrame, labels: Sequence[str] | None = None,
-                    title: str = "", model: str | None = None) -> plt.Figure:  # fmt: skip
+def projection_plot(
+    coords: pd.DataFrame,
+    labels: Sequence[str] | None = None,
+    title: str = "",
+    model: str | None = None,
+) -> plt.Figure:
     """Figs. 6-7: 2-D projection coloured by layer, each item's layers joined in order.
 
     Each distinct label is written once, at the mean position of its items in the last
@@ -250,8 +304,12 @@ def projection_plot(coords: pd.DataFrame, labels: Sequence[str] | None = None,
     return fig
 
 
-def projection_panels(panels: dict[str, pd.DataFrame], labels: dict[str, Sequence[str]],
-                      title: str = "", model: str | None = None) -> plt.Figure:  # fmt: skip
+def projection_panels(
+    panels: dict[str, pd.DataFrame],
+    labels: dict[str, Sequence[str]],
+    title: str = "",
+    model: str | None = None,
+) -> plt.Figure:
     """Fig. 7's layout: one projection panel per question, each fitted on its own.
 
     Args:
@@ -284,15 +342,29 @@ def sweep_plot(points: Sequence, model: str | None = None) -> plt.Figure:
     long = df.melt(id_vars="k", value_vars=[c for c in cols if df[c].notna().all()])
     long = long[long.variable != "existence_accuracy"]
     if df["existence_correct"].notna().all():  # per image: mean with a 95% CI over images
-        per_image = [{"k": p.k, "variable": "existence_accuracy", "value": float(np.mean(v))}
-                     for p in points for v in p.existence_correct.values()]  # fmt: skip
+        per_image = [
+            {"k": p.k, "variable": "existence_accuracy", "value": float(np.mean(v))}
+            for p in points
+            for v in p.existence_correct.values()
+        ]
         long = pd.concat([long, pd.DataFrame(per_image)])
-    names = {"object_precision": "object precision (pooled)",
-             "object_recall": "object recall (pooled)",
-             "existence_accuracy": "existence accuracy (mean, 95% CI)"}  # fmt: skip
+    names = {
+        "object_precision": "object precision (pooled)",
+        "object_recall": "object recall (pooled)",
+        "existence_accuracy": "existence accuracy (mean, 95% CI)",
+    }
     long["variable"] = long["variable"].map(names)
-    sns.lineplot(long, x="k", y="value", hue="variable", style="variable", markers=True, ax=a,
-                 errorbar=("ci", 95), seed=0)  # fmt: skip
+    sns.lineplot(
+        long,
+        x="k",
+        y="value",
+        hue="variable",
+        style="variable",
+        markers=True,
+        ax=a,
+        errorbar=("ci", 95),
+        seed=0,
+    )
     a.set(xlabel="stable layers skipped", ylabel="score", ylim=(0, 1.02), title="quality")
     a.legend(fontsize=7, loc="lower left")
     b.plot(df.k, df.speedup, "o-", label="measured")
@@ -329,12 +401,17 @@ def decoding_bars(
         )
     rng = np.random.default_rng(0)
     if texts:
-        fig, (ax, low) = plt.subplots(2, 1, figsize=(8, 3.9 + 0.16 * len(texts)),
-                                      height_ratios=[3.5, 0.4 + 0.16 * len(texts)],
-                                      layout="constrained")  # fmt: skip
+        fig, (ax, low) = plt.subplots(
+            2,
+            1,
+            figsize=(8, 3.9 + 0.16 * len(texts)),
+            height_ratios=[3.5, 0.4 + 0.16 * len(texts)],
+            layout="constrained",
+        )
         lines = [f"{v}: " + textwrap.shorten(t, 150) for v, t in texts.items()]
-        low.text(0, 1, "\n".join(lines), va="top", ha="left", fontsize=7, family="monospace",
-                 wrap=True)  # fmt: skip
+        low.text(
+            0, 1, "\n".join(lines), va="top", ha="left", fontsize=7, family="monospace", wrap=True
+        )
         low.set_title("one image's description under each decoding", fontsize=8, loc="left")
         low.axis("off")
     else:
@@ -353,11 +430,22 @@ def decoding_bars(
         highs = [np.nanpercentile(b, 97.5) for b in boots]
         x = np.arange(2) + (i - (len(results) - 1) / 2) * width
         err = [np.array(values) - lows, np.array(highs) - values]
-        ax.bar(x, values, width, yerr=err, capsize=2, label=v, hatch=_HATCHES[i % len(_HATCHES)],
-               edgecolor="0.3")  # fmt: skip
+        ax.bar(
+            x,
+            values,
+            width,
+            yerr=err,
+            capsize=2,
+            label=v,
+            hatch=_HATCHES[i % len(_HATCHES)],
+            edgecolor="0.3",
+        )
     ax.set_xticks(range(2), ["CHAIR (pooled)", "Hal (share of images)"])
-    ax.set(ylim=(0, 1), ylabel="value (95% CI over images)",
-           title=_title("hallucination metrics by decoding variant", model))  # fmt: skip
+    ax.set(
+        ylim=(0, 1),
+        ylabel="value (95% CI over images)",
+        title=_title("hallucination metrics by decoding variant", model),
+    )
     ax.legend(fontsize=7)
     return fig
 
@@ -394,8 +482,18 @@ def layer_lines(
     ]
     df = pd.DataFrame(rows, columns=["run", "layer", ylabel])
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    sns.lineplot(df, x="layer", y=ylabel, hue="run", style="run", markers=True,
-                 errorbar=("ci", 95), n_boot=500, seed=0, ax=ax)  # fmt: skip
+    sns.lineplot(
+        df,
+        x="layer",
+        y=ylabel,
+        hue="run",
+        style="run",
+        markers=True,
+        errorbar=("ci", 95),
+        n_boot=500,
+        seed=0,
+        ax=ax,
+    )
     for (label, value), ls in zip((references or {}).items(), ("--", ":", "-.")):
         ax.axhline(value, color="0.3", ls=ls, lw=1, label=label)
     if log:
@@ -410,9 +508,13 @@ def layer_lines(
 
 
 def patch_heatmap(
-    image: Image.Image, values: np.ndarray, title: str, model: str | None = None,
-    labels: np.ndarray | None = None, vmax: float | None = None,
-) -> plt.Figure:  # fmt: skip
+    image: Image.Image,
+    values: np.ndarray,
+    title: str,
+    model: str | None = None,
+    labels: np.ndarray | None = None,
+    vmax: float | None = None,
+) -> plt.Figure:
     """The image beside a ``[rows, cols]`` map of one value per image token (patch).
 
     Args:
@@ -426,8 +528,17 @@ def patch_heatmap(
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4.2), layout="constrained")
     a.imshow(image)
     a.set(title="image", xticks=[], yticks=[])
-    sns.heatmap(values, ax=b, cmap="viridis", vmin=0, vmax=vmax, square=True,
-                cbar_kws={"label": "value"}, xticklabels=False, yticklabels=False)  # fmt: skip
+    sns.heatmap(
+        values,
+        ax=b,
+        cmap="viridis",
+        vmin=0,
+        vmax=vmax,
+        square=True,
+        cbar_kws={"label": "value"},
+        xticklabels=False,
+        yticklabels=False,
+    )
     if labels is not None:
         for (r, c), text in np.ndenumerate(labels):
             if text:

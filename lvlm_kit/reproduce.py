@@ -217,10 +217,14 @@ def write_report(output: Path, failed: dict[str, str] | None = None) -> tuple[Pa
         "",
     ]
     for c in claims:
-        lines += [f"## {c['number']}. {c['paper']} ({c['figure']})", "",
-                  f"{c['statistic']} = {est(c['model'])}, rule {c['rule']}; controls: "
-                  f"{control_text(c['controls'])}. Verdict: **{c['verdict']}** "
-                  f"(notebook `{c['notebook']}`).", ""]  # fmt: skip
+        lines += [
+            f"## {c['number']}. {c['paper']} ({c['figure']})",
+            "",
+            f"{c['statistic']} = {est(c['model'])}, rule {c['rule']}; controls: "
+            f"{control_text(c['controls'])}. Verdict: **{c['verdict']}** "
+            f"(notebook `{c['notebook']}`).",
+            "",
+        ]
         lines += [f"- {note}" for note in c["notes"]]
         if c["notebook"] in figures:
             lines += ["", f"![{c['notebook']}]({figures[c['notebook']].relative_to(output)})"]
@@ -231,32 +235,50 @@ def write_report(output: Path, failed: dict[str, str] | None = None) -> tuple[Pa
     notices = [
         line for line in lines if line.startswith("**Notebook ") or "is not the kit's" in line
     ]
-    body = [f"<h1>Which of the paper's claims hold here</h1><p>{html.escape(lines[2])}</p>",
-            *[f"<p><b>{html.escape(n.replace('**', ''))}</b></p>" for n in notices],
-            "<table border=1 cellpadding=4><tr><th>#</th><th>claim</th><th>paper reports</th>"
-            "<th>statistic (rule)</th><th>measured [95% CI]</th><th>controls</th><th>verdict"
-            "</th></tr>"]  # fmt: skip
+    body = [
+        f"<h1>Which of the paper's claims hold here</h1><p>{html.escape(lines[2])}</p>",
+        *[f"<p><b>{html.escape(n.replace('**', ''))}</b></p>" for n in notices],
+        "<table border=1 cellpadding=4><tr><th>#</th><th>claim</th><th>paper reports</th>"
+        "<th>statistic (rule)</th><th>measured [95% CI]</th><th>controls</th><th>verdict"
+        "</th></tr>",
+    ]
     for c in claims:
         body.append(
-            "<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in (
-                c["number"], f"{c['paper']} ({c['figure']})", c["paper_number"],
-                f"{c['statistic']} ({c['rule']})", est(c["model"]), control_text(c["controls"]),
-                c["verdict"])) + "</tr>"
-        )  # fmt: skip
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(x))}</td>"
+                for x in (
+                    c["number"],
+                    f"{c['paper']} ({c['figure']})",
+                    c["paper_number"],
+                    f"{c['statistic']} ({c['rule']})",
+                    est(c["model"]),
+                    control_text(c["controls"]),
+                    c["verdict"],
+                )
+            )
+            + "</tr>"
+        )
     body.append("</table>")
     for c in claims:
-        body.append(f"<h2>{c['number']}. {html.escape(c['paper'])}</h2><p>"
-                    + html.escape(f"{c['statistic']} = {est(c['model'])}; controls "
-                                  f"{control_text(c['controls'])}; verdict {c['verdict']}")
-                    + "</p><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in c["notes"])
-                    + "</ul>")  # fmt: skip
+        body.append(
+            f"<h2>{c['number']}. {html.escape(c['paper'])}</h2><p>"
+            + html.escape(
+                f"{c['statistic']} = {est(c['model'])}; controls "
+                f"{control_text(c['controls'])}; verdict {c['verdict']}"
+            )
+            + "</p><ul>"
+            + "".join(f"<li>{html.escape(n)}</li>" for n in c["notes"])
+            + "</ul>"
+        )
         if c["notebook"] in figures:
             data = base64.b64encode(figures[c["notebook"]].read_bytes()).decode()
             body.append(f'<img style="max-width:720px" src="data:image/png;base64,{data}">')
     page = output / "report.html"
     with atomic_path(page) as tmp:
-        tmp.write_text("<!doctype html><meta charset=utf-8><title>lvlm-kit report</title>"
-                       + "".join(body))  # fmt: skip
+        tmp.write_text(
+            "<!doctype html><meta charset=utf-8><title>lvlm-kit report</title>" + "".join(body)
+        )
     return md, page
 
 

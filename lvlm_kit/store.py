@@ -351,9 +351,20 @@ def trace_dataset(
     try:
         for item in bar:
             recorded = _trace_item(
-                loaded, item, out, max_new_tokens, key, settings, overwrite, keep_going, run,
-                run_file, threads, recorded, trace_kwargs,
-            )  # fmt: skip
+                loaded,
+                item,
+                out,
+                max_new_tokens,
+                key,
+                settings,
+                overwrite,
+                keep_going,
+                run,
+                run_file,
+                threads,
+                recorded,
+                trace_kwargs,
+            )
     finally:
         run_file.unlink(missing_ok=True)
         torch.set_num_threads(threads)
@@ -394,9 +405,11 @@ def _trace_item(
         with _Heartbeat(claim, run_file):
             tr = trace(loaded, item.image, item.prompt, max_new_tokens, **trace_kwargs)
         tr.meta.update(
-            item_id=item.id, image=str(item.image), image_sha256=file_sha256(item.image),
+            item_id=item.id,
+            image=str(item.image),
+            image_sha256=file_sha256(item.image),
             settings_digest=key,
-        )  # fmt: skip
+        )
         if not recorded:  # only once a trace was made: a run that fails at once leaves none
             check_settings(out, settings, overwrite)
             recorded = True

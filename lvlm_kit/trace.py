@@ -141,9 +141,20 @@ class Trace:
 
     # ---- persistence -------------------------------------------------------------------
     _TENSORS = (
-        "token_ids", "topk_ids", "topk_probs", "token_prob", "token_rank", "entropy", "js",
-        "prompt_ids", "image_positions", "watch_ids", "watch_probs", "js_dola", "hidden",
-    )  # fmt: skip
+        "token_ids",
+        "topk_ids",
+        "topk_probs",
+        "token_prob",
+        "token_rank",
+        "entropy",
+        "js",
+        "prompt_ids",
+        "image_positions",
+        "watch_ids",
+        "watch_probs",
+        "js_dola",
+        "hidden",
+    )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the trace to one ``.safetensors`` file, atomically (temp file + rename)."""
@@ -460,9 +471,15 @@ class _ReduceWhileGenerating(StoppingCriteria):
     """
 
     def __init__(
-        self, recorder: ResidualRecorder, reducer: StepReducer, prompt_len: int, chunk: int,
-        max_steps: int, budget: float, keep: bool,
-    ) -> None:  # fmt: skip
+        self,
+        recorder: ResidualRecorder,
+        reducer: StepReducer,
+        prompt_len: int,
+        chunk: int,
+        max_steps: int,
+        budget: float,
+        keep: bool,
+    ) -> None:
         self.recorder, self.reducer, self.prompt_len = recorder, reducer, prompt_len
         self.chunk, self.max_steps, self.budget, self.keep = chunk, max_steps, budget, keep
         self.streaming: bool | None = None  # decided after the first step

@@ -121,8 +121,9 @@ class PatchExplorer:
         """Render the chosen layer and word (also called when either changes)."""
         j, w = self.layer.value, self.word.value
         values = self.lens.as_grid(self.lens.word_probs[j, :, self.lens.words.index(w)])
-        self.figure = patch_heatmap(self.image, values.numpy(), f"p({w!r}) at layer {j}",
-                                    labels=self.labels, vmax=1.0)  # fmt: skip
+        self.figure = patch_heatmap(
+            self.image, values.numpy(), f"p({w!r}) at layer {j}", labels=self.labels, vmax=1.0
+        )
         plt.close(self.figure)
         self.plot.clear_output(wait=True)
         with self.plot:

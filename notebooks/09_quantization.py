@@ -121,17 +121,19 @@ control = compare.compare(lm, reference, permuted, permuted_run, amber, PROMPT, 
 # %%
 rows = []
 for name, c in {**comparisons, "permuted weights": control}.items():
-    rows.append({
-        "run": name,
-        "memory (MB)": c.other.memory_bytes / 2**20,
-        "token agreement": c.token_agreement.mean(),
-        "worst-layer lens KL (nats)": c.lens_kl.mean(0).max(),
-        "JS curve correlation": c.js_correlation.mean(),
-        "critical layer": c.other.stages.critical_layer,
-        "first mutation layer": c.other.stages.stabilisation_end,
-        "CHAIR": c.other.chair,
-        "Cover": c.other.cover,
-    })  # fmt: skip
+    rows.append(
+        {
+            "run": name,
+            "memory (MB)": c.other.memory_bytes / 2**20,
+            "token agreement": c.token_agreement.mean(),
+            "worst-layer lens KL (nats)": c.lens_kl.mean(0).max(),
+            "JS curve correlation": c.js_correlation.mean(),
+            "critical layer": c.other.stages.critical_layer,
+            "first mutation layer": c.other.stages.stabilisation_end,
+            "CHAIR": c.other.chair,
+            "Cover": c.other.cover,
+        }
+    )
 summary = pd.DataFrame(
     [
         {
@@ -146,7 +148,7 @@ summary = pd.DataFrame(
             "Cover": reference.cover,
         },
         *rows,
-    ]  # fmt: skip
+    ]
 ).set_index("run")
 for name, row in summary.iterrows():
     print(
@@ -163,15 +165,21 @@ summary.round(4)
 
 # %%
 notebook.show(
-    plots.layer_lines({q: c.lens_kl for q, c in comparisons.items()}, "KL (nats)",
-                      "lens KL(full ‖ quantized) per layer", log=True, model=lm.name,
-                      lens=LENS_NORM,
-                      references={"check 17's margin": claims.ClaimConfig().lens_close,
-                                  "permuted copy, worst layer":
-                                      float(control.lens_kl.mean(0).max())}),
+    plots.layer_lines(
+        {q: c.lens_kl for q, c in comparisons.items()},
+        "KL (nats)",
+        "lens KL(full ‖ quantized) per layer",
+        log=True,
+        model=lm.name,
+        lens=LENS_NORM,
+        references={
+            "check 17's margin": claims.ClaimConfig().lens_close,
+            "permuted copy, worst layer": float(control.lens_kl.mean(0).max()),
+        },
+    ),
     OUTPUT_DIR,
     "quantization_lens_kl",
-)  # fmt: skip
+)
 worst = {q: float(c.lens_kl.mean(0).max()) for q, c in comparisons.items()}
 print(
     "worst-layer lens KL (nats): "
@@ -186,11 +194,14 @@ print(
 
 # %%
 notebook.show(
-    plots.js_curve(reference.stages, {q: c.other.traces for q, c in comparisons.items()},
-                   traces=reference.traces),
+    plots.js_curve(
+        reference.stages,
+        {q: c.other.traces for q, c in comparisons.items()},
+        traces=reference.traces,
+    ),
     OUTPUT_DIR,
     "quantization_js_curves",
-)  # fmt: skip
+)
 for q, c in comparisons.items():
     print(
         f"{q}: JS-curve correlation {c.js_correlation.mean():.3f}; critical layer "
@@ -212,8 +223,13 @@ print(
     f"at least {cfg.js_kept:g}; stages within {cfg.stages_kept:g} layer; CHAIR and Cover each "
     f"within {cfg.hallucination_kept:g}"
 )
-checks = (claims.quant_same_tokens, claims.quant_lens_close, claims.quant_js_kept,
-          claims.quant_stages_kept, claims.quant_hallucination_kept)  # fmt: skip
+checks = (
+    claims.quant_same_tokens,
+    claims.quant_lens_close,
+    claims.quant_js_kept,
+    claims.quant_stages_kept,
+    claims.quant_hallucination_kept,
+)
 results = [check(c, {"permuted": control}, cfg) for c in comparisons.values() for check in checks]
 verdicts = notebook.record_claims(results, OUTPUT_DIR)
 

@@ -25,9 +25,18 @@ WORDS = (
     "describe image what colour color how many one two three there in"
 ).split()
 TINY = LlavaShape(
-    image_size=32, patch_size=8, vision_hidden=32, vision_layers=2, vision_heads=2,
-    hidden=64, layers=4, heads=4, kv_heads=2, intermediate=128, max_positions=256,
-)  # fmt: skip
+    image_size=32,
+    patch_size=8,
+    vision_hidden=32,
+    vision_layers=2,
+    vision_heads=2,
+    hidden=64,
+    layers=4,
+    heads=4,
+    kv_heads=2,
+    intermediate=128,
+    max_positions=256,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -47,11 +56,17 @@ def make_tiny_llama(seed: int = 0) -> LoadedModel:
     tok = build_word_tokenizer(WORDS)
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
-    )  # fmt: skip
+    )
     model = LlamaForCausalLM(config).eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     return LoadedModel(model, tok, resolve_anatomy(model), "tiny-llama")
@@ -98,14 +113,26 @@ def fake_trace(text_tokens, token_prob, watch_ids=None, watch_probs=None, js=Non
     K, L1 = token_prob.shape
     z = torch.zeros(K, L1)
     return Trace(
-        model_name="fake", lens_norm="final_norm", prompt="", prompt_text="",
-        generated_text=text, tokens=list(text_tokens), vocab={},
-        token_ids=torch.arange(K), topk_ids=torch.zeros(K, L1, 1, dtype=torch.long),
-        topk_probs=z[..., None], token_prob=token_prob, token_rank=z.long(), entropy=z,
-        js=z[:, 1:] if js is None else js, prompt_ids=torch.zeros(1, dtype=torch.long),
-        image_positions=torch.zeros(1, dtype=torch.bool), offsets=offsets,
-        watch_ids=watch_ids, watch_probs=watch_probs,
-    )  # fmt: skip
+        model_name="fake",
+        lens_norm="final_norm",
+        prompt="",
+        prompt_text="",
+        generated_text=text,
+        tokens=list(text_tokens),
+        vocab={},
+        token_ids=torch.arange(K),
+        topk_ids=torch.zeros(K, L1, 1, dtype=torch.long),
+        topk_probs=z[..., None],
+        token_prob=token_prob,
+        token_rank=z.long(),
+        entropy=z,
+        js=z[:, 1:] if js is None else js,
+        prompt_ids=torch.zeros(1, dtype=torch.long),
+        image_positions=torch.zeros(1, dtype=torch.bool),
+        offsets=offsets,
+        watch_ids=watch_ids,
+        watch_probs=watch_probs,
+    )
 
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -116,10 +143,15 @@ def run_notebook(name: str, tmp_path: Path, parameters: dict, timeout: int = 240
     import papermill as pm
 
     pm.execute_notebook(
-        str(NOTEBOOKS / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"), parameters=parameters,
-        kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False,
-        execution_timeout=timeout, start_timeout=120,
-    )  # fmt: skip
+        str(NOTEBOOKS / f"{name}.ipynb"),
+        str(tmp_path / f"{name}.ipynb"),
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(NOTEBOOKS),
+        progress_bar=False,
+        execution_timeout=timeout,
+        start_timeout=120,
+    )
 
 
 def contrast_step(loaded: LoadedModel, image, prompt: str, contrast):

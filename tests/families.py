@@ -20,11 +20,21 @@ from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPI
 
 from lvlm_kit.loading import build_processor, torchvision_available
 
-TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
-        "max_position_embeddings": 2048}  # fmt: skip
-VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-          "num_attention_heads": 2}  # fmt: skip
+TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 2048,
+}
+VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+}
 
 
 def byte_tokenizer(special: list[str], bos: str, eos: str, pad: str, **attrs: str):
@@ -38,9 +48,12 @@ def byte_tokenizer(special: list[str], bos: str, eos: str, pad: str, **attrs: st
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token=bos, eos_token=eos, pad_token=pad,
+        tokenizer_object=tk,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
         extra_special_tokens=attrs,
-    )  # fmt: skip
+    )
     tok.add_special_tokens({"additional_special_tokens": [s for s in special if s not in vocab]})
     return tok
 
@@ -48,12 +61,20 @@ def byte_tokenizer(special: list[str], bos: str, eos: str, pad: str, **attrs: st
 def chat_template(user: str, assistant: str, end: str, image: str, bos: str = "") -> str:
     """A one-image chat template: ``bos`` + per message ``user``/``assistant`` + text + ``end``."""
     return (
-        bos + "{% for m in messages %}{% if m['role'] == 'user' %}" + user + "{% else %}"
-        + assistant + "{% endif %}{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-        "{% for c in m['content'] %}{% if c['type'] == 'image' %}" + image
+        bos
+        + "{% for m in messages %}{% if m['role'] == 'user' %}"
+        + user
+        + "{% else %}"
+        + assistant
+        + "{% endif %}{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+        "{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+        + image
         + "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
-        + end + "{% endfor %}{% if add_generation_prompt %}" + assistant + "{% endif %}"
-    )  # fmt: skip
+        + end
+        + "{% endfor %}{% if add_generation_prompt %}"
+        + assistant
+        + "{% endif %}"
+    )
 
 
 @dataclass(frozen=True)
@@ -66,26 +87,57 @@ class Family:
 
 def _qwen(model_type: str, cfg_cls: str, proc_cls: str, ip_cls: str, patch: int, vision: dict):
     def build():
-        tok = byte_tokenizer(["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                              "<|image_pad|>", "<|video_pad|>"], "<|endoftext|>", "<|im_end|>",
-                             "<|endoftext|>")  # fmt: skip
-        tpl = chat_template("<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>\n",
-                            "<|vision_start|><|image_pad|><|vision_end|>")  # fmt: skip
+        tok = byte_tokenizer(
+            [
+                "<|im_start|>",
+                "<|im_end|>",
+                "<|vision_start|>",
+                "<|vision_end|>",
+                "<|image_pad|>",
+                "<|video_pad|>",
+            ],
+            "<|endoftext|>",
+            "<|im_end|>",
+            "<|endoftext|>",
+        )
+        tpl = chat_template(
+            "<|im_start|>user\n",
+            "<|im_start|>assistant\n",
+            "<|im_end|>\n",
+            "<|vision_start|><|image_pad|><|vision_end|>",
+        )
         side = patch * 2
-        ip = getattr(transformers, ip_cls)(patch_size=patch, merge_size=2, temporal_patch_size=2,
-                                           min_pixels=(2 * side) ** 2,
-                                           max_pixels=(4 * side) ** 2)  # fmt: skip
+        ip = getattr(transformers, ip_cls)(
+            patch_size=patch,
+            merge_size=2,
+            temporal_patch_size=2,
+            min_pixels=(2 * side) ** 2,
+            max_pixels=(4 * side) ** 2,
+        )
         processor = build_processor(proc_cls, image_processor=ip, tokenizer=tok, chat_template=tpl)
         ids = tok.convert_tokens_to_ids
         config = getattr(transformers, cfg_cls)(
-            text_config={**_text(tok), "rope_parameters": {
-                "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}},
-            vision_config={"depth": 2, "num_heads": 2, "patch_size": patch, "spatial_merge_size": 2,
-                           "temporal_patch_size": 2, **vision},
-            image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+            text_config={
+                **_text(tok),
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "rope_theta": 10000.0,
+                    "mrope_section": [2, 3, 3],
+                },
+            },
+            vision_config={
+                "depth": 2,
+                "num_heads": 2,
+                "patch_size": patch,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+                **vision,
+            },
+            image_token_id=ids("<|image_pad|>"),
+            video_token_id=ids("<|video_pad|>"),
             vision_start_token_id=ids("<|vision_start|>"),
             vision_end_token_id=ids("<|vision_end|>"),
-        )  # fmt: skip
+        )
         return config, processor
 
     return Family(model_type, build)
@@ -97,113 +149,198 @@ def _vision(**extra: object) -> dict:
 
 def _text(tok: object, **extra: object) -> dict:
     """The tiny decoder's config: its vocabulary and special ids are the tokenizer's."""
-    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-           "pad_token_id": tok.pad_token_id}  # fmt: skip
+    ids = {
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
     return {**TEXT, "vocab_size": len(tok), **ids, **extra}
 
 
 def _internvl():
-    tok = byte_tokenizer(["<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>",
-                          "<video>"], "<|endoftext|>", "<|im_end|>", "<|endoftext|>",
-                         start_image_token="<img>", end_image_token="</img>",
-                         context_image_token="<IMG_CONTEXT>", video_token="<video>")  # fmt: skip
-    tpl = chat_template("<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>\n",
-                        "<IMG_CONTEXT>\n")  # fmt: skip
-    ip = transformers.GotOcr2ImageProcessorPil(size={"height": 64, "width": 64},
-                                               crop_to_patches=False)  # fmt: skip
-    processor = build_processor("InternVLProcessor", image_processor=ip, tokenizer=tok,
-                                chat_template=tpl, image_seq_length=4)  # fmt: skip
+    tok = byte_tokenizer(
+        ["<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"],
+        "<|endoftext|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+        start_image_token="<img>",
+        end_image_token="</img>",
+        context_image_token="<IMG_CONTEXT>",
+        video_token="<video>",
+    )
+    tpl = chat_template(
+        "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>\n", "<IMG_CONTEXT>\n"
+    )
+    ip = transformers.GotOcr2ImageProcessorPil(
+        size={"height": 64, "width": 64}, crop_to_patches=False
+    )
+    processor = build_processor(
+        "InternVLProcessor",
+        image_processor=ip,
+        tokenizer=tok,
+        chat_template=tpl,
+        image_seq_length=4,
+    )
     config = transformers.InternVLConfig(
         text_config=_text(tok, model_type="qwen2"),
-        vision_config=_vision(image_size=[64, 64], patch_size=[16, 16]), downsample_ratio=0.5,
+        vision_config=_vision(image_size=[64, 64], patch_size=[16, 16]),
+        downsample_ratio=0.5,
         image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"),
-    )  # fmt: skip
+    )
     return config, processor
 
 
 def _aya_vision():
-    special = ["<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>", "<|USER_TOKEN|>",
-               "<|CHATBOT_TOKEN|>", "<image>", "<|START_OF_IMG|>", "<|END_OF_IMG|>",
-               "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>"]  # fmt: skip
+    special = [
+        "<|START_OF_TURN_TOKEN|>",
+        "<|END_OF_TURN_TOKEN|>",
+        "<|USER_TOKEN|>",
+        "<|CHATBOT_TOKEN|>",
+        "<image>",
+        "<|START_OF_IMG|>",
+        "<|END_OF_IMG|>",
+        "<|IMG_PATCH|>",
+        "<|IMG_LINE_BREAK|>",
+    ]
     tok = byte_tokenizer(special, "<BOS_TOKEN>", "<|END_OF_TURN_TOKEN|>", "<PAD>")
-    tpl = chat_template("<|START_OF_TURN_TOKEN|><|USER_TOKEN|>",
-                        "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>", "<|END_OF_TURN_TOKEN|>",
-                        "<image>", bos="<BOS_TOKEN>")  # fmt: skip
-    ip = transformers.GotOcr2ImageProcessorPil(size={"height": 64, "width": 64},
-                                               crop_to_patches=False)  # fmt: skip
-    processor = build_processor("AyaVisionProcessor", image_processor=ip, tokenizer=tok,
-                                chat_template=tpl, patch_size=16, img_size=64,
-                                downsample_factor=2)  # fmt: skip
+    tpl = chat_template(
+        "<|START_OF_TURN_TOKEN|><|USER_TOKEN|>",
+        "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",
+        "<|END_OF_TURN_TOKEN|>",
+        "<image>",
+        bos="<BOS_TOKEN>",
+    )
+    ip = transformers.GotOcr2ImageProcessorPil(
+        size={"height": 64, "width": 64}, crop_to_patches=False
+    )
+    processor = build_processor(
+        "AyaVisionProcessor",
+        image_processor=ip,
+        tokenizer=tok,
+        chat_template=tpl,
+        patch_size=16,
+        img_size=64,
+        downsample_factor=2,
+    )
     config = transformers.AyaVisionConfig(
         text_config=_text(tok, model_type="cohere2", logit_scale=0.25, sliding_window=8),
-        vision_config=_vision(image_size=64, patch_size=16), downsample_factor=2,
-        adapter_layer_norm_eps=1e-6, image_token_index=tok.convert_tokens_to_ids("<|IMG_PATCH|>"),
-    )  # fmt: skip
+        vision_config=_vision(image_size=64, patch_size=16),
+        downsample_factor=2,
+        adapter_layer_norm_eps=1e-6,
+        image_token_index=tok.convert_tokens_to_ids("<|IMG_PATCH|>"),
+    )
     return config, processor
 
 
 def _llava_onevision():
-    tok = byte_tokenizer(["<|im_start|>", "<|im_end|>", "<image>", "<video>"], "<|endoftext|>",
-                         "<|im_end|>", "<|endoftext|>", image_token="<image>",
-                         video_token="<video>")  # fmt: skip
-    tpl = chat_template("<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>\n",
-                        "<image>\n")  # fmt: skip
+    tok = byte_tokenizer(
+        ["<|im_start|>", "<|im_end|>", "<image>", "<video>"],
+        "<|endoftext|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+        image_token="<image>",
+        video_token="<video>",
+    )
+    tpl = chat_template(
+        "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>\n", "<image>\n"
+    )
     ip = transformers.LlavaOnevisionImageProcessorPil(
-        size={"height": 32, "width": 32}, image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]],
-    )  # fmt: skip
-    processor = build_processor("LlavaOnevisionProcessor", image_processor=ip, tokenizer=tok,
-                                chat_template=tpl, num_image_tokens=4,
-                                vision_feature_select_strategy="full")  # fmt: skip
+        size={"height": 32, "width": 32},
+        image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]],
+    )
+    processor = build_processor(
+        "LlavaOnevisionProcessor",
+        image_processor=ip,
+        tokenizer=tok,
+        chat_template=tpl,
+        num_image_tokens=4,
+        vision_feature_select_strategy="full",
+    )
     config = transformers.LlavaOnevisionConfig(
         text_config=_text(tok, model_type="qwen2"),
         vision_config=_vision(image_size=32, patch_size=16),
-        image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]], vision_feature_layer=-1,
-        vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
+        image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]],
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         video_token_index=tok.convert_tokens_to_ids("<video>"),
-    )  # fmt: skip
+    )
     return config, processor
 
 
 def _idefics3(model_type: str, cfg_cls: str, proc_cls: str, ip_cls: str, text_key: str):
     def build():
-        tok = byte_tokenizer(["<image>", "<fake_token_around_image>", "<global-img>",
-                              "<end_of_utterance>", "<video>"], "<|begin_of_text|>",
-                             "<end_of_utterance>", "<|end_of_text|>")  # fmt: skip
-        tpl = chat_template("User:", "Assistant:", "<end_of_utterance>\n", "<image>",
-                            bos="<|begin_of_text|>")  # fmt: skip
-        ip = getattr(transformers, ip_cls)(size={"longest_edge": 64}, do_image_splitting=False,
-                                           max_image_size={"longest_edge": 64})  # fmt: skip
-        processor = build_processor(proc_cls, image_processor=ip, tokenizer=tok, chat_template=tpl,
-                                    image_seq_len=4)  # fmt: skip
+        tok = byte_tokenizer(
+            [
+                "<image>",
+                "<fake_token_around_image>",
+                "<global-img>",
+                "<end_of_utterance>",
+                "<video>",
+            ],
+            "<|begin_of_text|>",
+            "<end_of_utterance>",
+            "<|end_of_text|>",
+        )
+        tpl = chat_template(
+            "User:", "Assistant:", "<end_of_utterance>\n", "<image>", bos="<|begin_of_text|>"
+        )
+        ip = getattr(transformers, ip_cls)(
+            size={"longest_edge": 64}, do_image_splitting=False, max_image_size={"longest_edge": 64}
+        )
+        processor = build_processor(
+            proc_cls, image_processor=ip, tokenizer=tok, chat_template=tpl, image_seq_len=4
+        )
         config = getattr(transformers, cfg_cls)(
             text_config=_text(tok, model_type="llama"),
-            vision_config=_vision(image_size=64, patch_size=16), scale_factor=2,
+            vision_config=_vision(image_size=64, patch_size=16),
+            scale_factor=2,
             image_token_id=tok.convert_tokens_to_ids("<image>"),
             pad_token_id=tok.pad_token_id,
-        )  # fmt: skip
+        )
         return config, processor
 
     return Family(model_type, build)
 
 
 def _gemma3():
-    tok = byte_tokenizer(["<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
-                          "<image_soft_token>"], "<bos>", "<end_of_turn>", "<pad>",
-                         boi_token="<start_of_image>", eoi_token="<end_of_image>",
-                         image_token="<image_soft_token>")  # fmt: skip
-    tpl = chat_template("<start_of_turn>user\n", "<start_of_turn>model\n", "<end_of_turn>\n",
-                        "<start_of_image>", bos="<bos>")  # fmt: skip
+    tok = byte_tokenizer(
+        [
+            "<start_of_turn>",
+            "<end_of_turn>",
+            "<start_of_image>",
+            "<end_of_image>",
+            "<image_soft_token>",
+        ],
+        "<bos>",
+        "<end_of_turn>",
+        "<pad>",
+        boi_token="<start_of_image>",
+        eoi_token="<end_of_image>",
+        image_token="<image_soft_token>",
+    )
+    tpl = chat_template(
+        "<start_of_turn>user\n",
+        "<start_of_turn>model\n",
+        "<end_of_turn>\n",
+        "<start_of_image>",
+        bos="<bos>",
+    )
     ip = transformers.Gemma3ImageProcessorPil(size={"height": 64, "width": 64})
-    processor = build_processor("Gemma3Processor", image_processor=ip, tokenizer=tok,
-                                chat_template=tpl, image_seq_length=4)  # fmt: skip
+    processor = build_processor(
+        "Gemma3Processor", image_processor=ip, tokenizer=tok, chat_template=tpl, image_seq_length=4
+    )
     ids = tok.convert_tokens_to_ids
     config = transformers.Gemma3Config(
         text_config=_text(tok, sliding_window=8, final_logit_softcapping=30.0),
-        vision_config=_vision(image_size=64, patch_size=16), mm_tokens_per_image=4,
-        boi_token_index=ids("<start_of_image>"), eoi_token_index=ids("<end_of_image>"),
-        image_token_index=ids("<image_soft_token>"), pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
+        vision_config=_vision(image_size=64, patch_size=16),
+        mm_tokens_per_image=4,
+        boi_token_index=ids("<start_of_image>"),
+        eoi_token_index=ids("<end_of_image>"),
+        image_token_index=ids("<image_soft_token>"),
+        pad_token_id=tok.pad_token_id,
+    )
     return config, processor
 
 
@@ -213,11 +350,13 @@ def _paligemma():
     ip.image_seq_length = 16
     processor = build_processor("PaliGemmaProcessor", image_processor=ip, tokenizer=tok)
     config = transformers.PaliGemmaConfig(
-        text_config=_text(tok, model_type="gemma2", final_logit_softcapping=30.0,
-                          sliding_window=8),
-        vision_config=_vision(image_size=64, patch_size=16), projection_dim=64, hidden_size=64,
-        image_token_index=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
+        text_config=_text(tok, model_type="gemma2", final_logit_softcapping=30.0, sliding_window=8),
+        vision_config=_vision(image_size=64, patch_size=16),
+        projection_dim=64,
+        hidden_size=64,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        pad_token_id=tok.pad_token_id,
+    )
     config.text_config.num_image_tokens = 16
     return config, processor
 
@@ -226,46 +365,69 @@ def _llava(next_: bool):
     def build():
         tok = byte_tokenizer(["<image>"], "<s>", "</s>", "<pad>", image_token="<image>")
         tpl = chat_template("USER: ", "ASSISTANT: ", " ", "<image>\n")
-        vision = _vision(image_size=32, patch_size=16, model_type="clip_vision_model",
-                         projection_dim=64)  # fmt: skip
-        common = {"text_config": _text(tok, model_type="llama"), "vision_config": vision,
-                  "image_token_index": tok.convert_tokens_to_ids("<image>"),
-                  "vision_feature_layer": -1}  # fmt: skip
+        vision = _vision(
+            image_size=32, patch_size=16, model_type="clip_vision_model", projection_dim=64
+        )
+        common = {
+            "text_config": _text(tok, model_type="llama"),
+            "vision_config": vision,
+            "image_token_index": tok.convert_tokens_to_ids("<image>"),
+            "vision_feature_layer": -1,
+        }
         if not next_:
             crop = {"height": 32, "width": 32}
             ip = transformers.CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size=crop)
-            processor = build_processor("LlavaProcessor", image_processor=ip, tokenizer=tok,
-                                        chat_template=tpl, patch_size=16,
-                                        vision_feature_select_strategy="default",
-                                        num_additional_image_tokens=1)  # fmt: skip
+            processor = build_processor(
+                "LlavaProcessor",
+                image_processor=ip,
+                tokenizer=tok,
+                chat_template=tpl,
+                patch_size=16,
+                vision_feature_select_strategy="default",
+                num_additional_image_tokens=1,
+            )
             return transformers.LlavaConfig(**common), processor
         pinpoints = [[32, 32], [32, 64], [64, 32]]
         ip = transformers.LlavaNextImageProcessorPil(
-            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+            size={"shortest_edge": 32},
+            crop_size={"height": 32, "width": 32},
             image_grid_pinpoints=pinpoints,
-        )  # fmt: skip
-        processor = build_processor("LlavaNextProcessor", image_processor=ip, tokenizer=tok,
-                                    chat_template=tpl, patch_size=16,
-                                    vision_feature_select_strategy="default",
-                                        num_additional_image_tokens=1)  # fmt: skip
+        )
+        processor = build_processor(
+            "LlavaNextProcessor",
+            image_processor=ip,
+            tokenizer=tok,
+            chat_template=tpl,
+            patch_size=16,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+        )
         return transformers.LlavaNextConfig(**common, image_grid_pinpoints=pinpoints), processor
 
     return build
 
 
 def _mistral3():
-    tok = byte_tokenizer(["[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"], "<s>",
-                         "</s>", "<pad>")  # fmt: skip
+    tok = byte_tokenizer(
+        ["[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"], "<s>", "</s>", "<pad>"
+    )
     tpl = chat_template("[INST]", "", "[/INST]", "[IMG]", bos="<s>")
     ip = transformers.PixtralImageProcessorPil(size={"longest_edge": 64}, patch_size=16)
-    processor = build_processor("PixtralProcessor", image_processor=ip, tokenizer=tok,
-                                chat_template=tpl, patch_size=16, spatial_merge_size=2)  # fmt: skip
+    processor = build_processor(
+        "PixtralProcessor",
+        image_processor=ip,
+        tokenizer=tok,
+        chat_template=tpl,
+        patch_size=16,
+        spatial_merge_size=2,
+    )
     config = transformers.Mistral3Config(
         text_config=_text(tok, model_type="mistral"),
         vision_config=_vision(model_type="pixtral", image_size=64, patch_size=16, head_dim=16),
-        spatial_merge_size=2, image_token_index=tok.convert_tokens_to_ids("[IMG]"),
+        spatial_merge_size=2,
+        image_token_index=tok.convert_tokens_to_ids("[IMG]"),
         multimodal_projector_bias=False,
-    )  # fmt: skip
+    )
     return config, processor
 
 
@@ -288,11 +450,11 @@ FAMILIES: dict[str, Family] = {
     "gemma": Family("gemma", _text_family("GemmaConfig")),
     "gemma2": Family(
         "gemma2", _text_family("Gemma2Config", final_logit_softcapping=30.0, sliding_window=8)
-    ),  # fmt: skip
+    ),
     "gemma3_text": Family(
         "gemma3_text",
         _text_family("Gemma3TextConfig", sliding_window=8, final_logit_softcapping=30.0),
-    ),  # fmt: skip
+    ),
     "cohere": Family("cohere", _text_family("CohereConfig", logit_scale=0.25)),
     "cohere2": Family("cohere2", _text_family("Cohere2Config", logit_scale=0.25, sliding_window=8)),
     "idefics3": _idefics3(

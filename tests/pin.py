@@ -116,9 +116,11 @@ def pinned_from_outputs(outputs: Path) -> dict:
 def _count_line(rows: list[dict], what: str) -> str:
     verdicts = ("shown", "not shown", "inconclusive", "inconclusive (no control)")
     n = {v: sum(c["verdict"] == v for c in rows) for v in verdicts}
-    return (f"**{what}: {len(rows)} measured — shown {n['shown']}, not shown "
-            f"{n['not shown']}, inconclusive {n['inconclusive']}, no control "
-            f"{n['inconclusive (no control)']}.**")  # fmt: skip
+    return (
+        f"**{what}: {len(rows)} measured — shown {n['shown']}, not shown "
+        f"{n['not shown']}, inconclusive {n['inconclusive']}, no control "
+        f"{n['inconclusive (no control)']}.**"
+    )
 
 
 def _measured(c: dict) -> str:
@@ -210,8 +212,9 @@ def render_gallery(pinned: dict) -> str:
     for name in GALLERY:
         claims = sorted(pinned[name]["claims"].items(), key=lambda x: (claim_number(x[0]), x[0]))
         verdicts = "; ".join(f"claim {n}: {c['verdict']}" for n, c in claims) or "no claims"
-        blocks.append(f"**{notebook_title(name)}** ({verdicts})\n\n"
-                      f"![{name}](docs/gallery/{name}.png)")  # fmt: skip
+        blocks.append(
+            f"**{notebook_title(name)}** ({verdicts})\n\n![{name}](docs/gallery/{name}.png)"
+        )
     return "\n\n".join(blocks)
 
 
@@ -236,8 +239,10 @@ def main(outputs: str) -> None:
     readme = readme_with_table(README.read_text(), render_table(pinned))
     readme = readme_with_table(readme, render_gallery(pinned), GALLERY_START, GALLERY_END)
     README.write_text(readme_with_values(readme, pinned))
-    print(f"pinned {sum(len(p['claims']) for p in pinned.values())} claims to {EXPECTED}; "
-          f"gallery in {GALLERY_DIR}")  # fmt: skip
+    print(
+        f"pinned {sum(len(p['claims']) for p in pinned.values())} claims to {EXPECTED}; "
+        f"gallery in {GALLERY_DIR}"
+    )
 
 
 if __name__ == "__main__":

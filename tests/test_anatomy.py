@@ -18,9 +18,13 @@ from transformers import (
 from lvlm_kit.anatomy import SUPPORTED, resolve_anatomy
 
 TINY_TEXT = dict(
-    vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-    num_attention_heads=4, num_key_value_heads=2,
-)  # fmt: skip
+    vocab_size=50,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
 
 
 def test_llava_anatomy(tiny_llava):
@@ -46,13 +50,17 @@ def test_causal_lm_anatomy(config_cls):
 def test_llava_next_anatomy():
     config = LlavaNextConfig(
         vision_config=CLIPVisionConfig(
-            hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-            image_size=32, patch_size=8,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
         ),
         text_config=LlamaConfig(**TINY_TEXT),
         image_token_index=49,
         image_grid_pinpoints=[[32, 32]],
-    )  # fmt: skip
+    )
     a = resolve_anatomy(LlavaNextForConditionalGeneration(config))
     assert (a.model_type, a.n_layers, a.image_token_id) == ("llava_next", 3, 49)
 
@@ -67,14 +75,24 @@ def test_unknown_architecture_names_supported():
 
 def test_llava_15_7b_shapes_resolve_without_weights():
     text = LlamaConfig(
-        vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+        vocab_size=32064,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
         rms_norm_eps=1e-5,
-    )  # fmt: skip
+    )
     vision = CLIPVisionConfig(
-        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-        image_size=336, patch_size=14, projection_dim=768,
-    )  # fmt: skip
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+    )
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=32000)
     with init_empty_weights():
         model = LlavaForConditionalGeneration(config)

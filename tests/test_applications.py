@@ -53,8 +53,10 @@ def test_batched_generation_matches_one_by_one(tiny_llava, image):
     images = [image, image[::-1].copy(), image[:, ::-1].copy()]
     prompts = [PROMPT, "what colour is the boat?", "how many cats are there?"]
     batched = generate_texts(tiny_llava, images, prompts, 6, batch_size=3, progress=False)
-    single = [generate_texts(tiny_llava, [im], [p], 6, progress=False)[0]
-              for im, p in zip(images, prompts)]  # fmt: skip
+    single = [
+        generate_texts(tiny_llava, [im], [p], 6, progress=False)[0]
+        for im, p in zip(images, prompts)
+    ]
     assert batched == single
     with pytest.raises(ValueError, match="3 images but 2 prompts"):
         generate_texts(tiny_llava, images, prompts[:2], 6)
@@ -62,10 +64,17 @@ def test_batched_generation_matches_one_by_one(tiny_llava, image):
 
 def stages_4():
     return Stages(
-        n_layers=4, critical_layer=1, has_split=True, mutation_layers=[4],
-        js_curve=[0.4, 0.02, 0.01, 0.2], shallow_js=0.4, deep_js=0.08, token_critical=[],
-        token_mutations=[], mutation_share=[0.0] * 5,
-    )  # fmt: skip
+        n_layers=4,
+        critical_layer=1,
+        has_split=True,
+        mutation_layers=[4],
+        js_curve=[0.4, 0.02, 0.01, 0.2],
+        shallow_js=0.4,
+        deep_js=0.08,
+        token_critical=[],
+        token_mutations=[],
+        mutation_share=[0.0] * 5,
+    )
 
 
 def test_stable_layer_order():

@@ -39,10 +39,12 @@ def served(tiny_llava, image, tmp_path):
     pytest.importorskip("voila")
     path = trace(tiny_llava, image, "Describe the image.", 6).save(tmp_path / "t.safetensors")
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(
-        "from lvlm_kit import Trace\nfrom lvlm_kit.widgets import TraceExplorer\n"
-        f"TraceExplorer(Trace.load({str(path)!r})).widget"
-    )]  # fmt: skip
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "from lvlm_kit import Trace\nfrom lvlm_kit.widgets import TraceExplorer\n"
+            f"TraceExplorer(Trace.load({str(path)!r})).widget"
+        )
+    ]
     nb.metadata["kernelspec"] = {
         "name": "python3",
         "display_name": "Python 3",
@@ -64,7 +66,7 @@ def served(tiny_llava, image, tmp_path):
         stdout=open(tmp_path / "voila.log", "w"),
         stderr=subprocess.STDOUT,
         env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
-    )  # fmt: skip  (the kernel is this environment's python)
+    )  # the kernel is this environment's python
     url = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(120):  # until the server accepts connections
@@ -99,8 +101,9 @@ def test_explorer_slider_changes_table_title_and_trajectory(served, tmp_path):
         page.keyboard.press("ArrowRight")  # token 0 -> token 1
         page.wait_for_function(
             "src => document.querySelector('.widget-output img').src !== src",
-            arg=before["plot"], timeout=180_000,
-        )  # fmt: skip
+            arg=before["plot"],
+            timeout=180_000,
+        )
         assert page.inner_text(".widget-html b").startswith("token 1:")
         assert page.inner_text("table.dataframe") != before["table"]
         page.screenshot(path=tmp_path / "token1.png", full_page=True)

@@ -258,12 +258,14 @@ def test_labelled_tokens_use_the_annotated_objects_after_the_critical_layer():
     early, late = lead.copy(), lead.copy()
     early[2] = 0.6  # before the critical layer 4: not counted
     late[7] = 0.6
-    events = pd.DataFrame([
-        {"image": 1, "step": 2, "label": "hallucinated", "truth_lead": late},
-        {"image": 1, "step": 1, "label": "correct", "truth_lead": early},
-        {"image": 3, "step": 5, "label": "hallucinated", "truth_lead": np.full(L + 1, np.nan)},
-        {"image": 2, "step": 5, "label": "hallucinated", "truth_lead": late},  # detection half
-    ])  # fmt: skip
+    events = pd.DataFrame(
+        [
+            {"image": 1, "step": 2, "label": "hallucinated", "truth_lead": late},
+            {"image": 1, "step": 1, "label": "correct", "truth_lead": early},
+            {"image": 3, "step": 5, "label": "hallucinated", "truth_lead": np.full(L + 1, np.nan)},
+            {"image": 2, "step": 5, "label": "hallucinated", "truth_lead": late},  # detection half
+        ]
+    )
     got = claims.labelled_tokens(events, trs, CFG)
     assert got.critical_layer == 4 and len(got.per_image) == 4
     np.testing.assert_array_equal(got.per_image[0], [[1, 0, 1], [0, 0, 0]])
@@ -282,10 +284,12 @@ def counts(overlap1, chair_plain, chair2, chair3, n=12, cover=(0.5, 0.5, 0.5, 0.
         c, v, o = (random or {}).get(name, (chair_plain, cover[0], 0.5))
         chair[f"random.{name}"], cov[f"random.{name}"], overlap[f"random.{name}"] = c, v, o
     return PresetCounts(
-        nouns={k: ones for k in chair}, hallucinated={k: ones * v for k, v in chair.items()},
-        covered={k: ones * v for k, v in cov.items()}, truth={k: ones for k in chair},
+        nouns={k: ones for k in chair},
+        hallucinated={k: ones * v for k, v in chair.items()},
+        covered={k: ones * v for k, v in cov.items()},
+        truth={k: ones for k in chair},
         overlap={k: np.full(n, v) for k, v in overlap.items()},
-    )  # fmt: skip
+    )
 
 
 def test_skip_claims_both_ways():
@@ -389,8 +393,10 @@ def test_compression_k_is_set_by_the_config_not_the_sweep():
 
     assert claims.compression_k(12, CFG) == 3 and claims.compression_k(32, CFG) == 8
     assert claims.compression_k(2, CFG) == 1
-    points = [P(k=k, existence_correct={"a.png": [True, k < 2], "b.png": [True, True]})
-              for k in (0, 1, 2, 3)]  # fmt: skip
+    points = [
+        P(k=k, existence_correct={"a.png": [True, k < 2], "b.png": [True, True]})
+        for k in (0, 1, 2, 3)
+    ]
     got = claims.sweep_answers(points, 3)
     assert got.k == 3 and got.skipped.tolist() == [0.5, 1.0]  # not the sweep's largest k
     assert claims.sweep_answers(points[:3], 3) is None
@@ -426,8 +432,14 @@ def test_the_layer_shuffled_control_runs_the_models_layers_in_another_order(tiny
     control = claims.layer_shuffled_control(tiny_llava, seed=0)
     assert control.name.endswith("(layer-shuffled)")
     mine, theirs = tiny_llava.anatomy.layers, control.anatomy.layers
-    order = [next(i for i, m in enumerate(mine) if torch.equal(
-        m.mlp.down_proj.weight, t.mlp.down_proj.weight)) for t in theirs]  # fmt: skip
+    order = [
+        next(
+            i
+            for i, m in enumerate(mine)
+            if torch.equal(m.mlp.down_proj.weight, t.mlp.down_proj.weight)
+        )
+        for t in theirs
+    ]
     assert sorted(order) == list(range(len(mine))) and order != sorted(order)
     src = dict(tiny_llava.model.named_parameters())
     for name, w in control.model.named_parameters():  # the same weights everywhere else
@@ -435,8 +447,10 @@ def test_the_layer_shuffled_control_runs_the_models_layers_in_another_order(tiny
             assert torch.equal(w, src[name]), name
     tr = trace(control, image, "Describe the image.", 6)  # generates; its lens checks out
     assert tr.n_tokens == 6 and tr.n_layers == len(mine)
-    assert set(claims.controls(tiny_llava, 0, order=True)) == {*claims.CONTROL_KINDS,
-                                                               "layer-shuffled"}  # fmt: skip
+    assert set(claims.controls(tiny_llava, 0, order=True)) == {
+        *claims.CONTROL_KINDS,
+        "layer-shuffled",
+    }
 
 
 @pytest.mark.slow
@@ -465,10 +479,12 @@ def test_no_claim_is_shown_on_noise(shape, noise, tmp_path):
     llm = [trace(model, None, p, n) for p in ("describe.", "a boat.", "the sun.", "two cats.")]
     hidden = [trace(model, im, prompt, n, keep_hidden=True) for im in images]
     forced = claims.control_traces(model, trs, images, prompt, 1, progress=False, order=True)
-    forced_llm = claims.control_traces(model, llm, [None] * 4, [t.prompt for t in llm], 1,
-                                       progress=False)  # fmt: skip
-    forced_hidden = claims.control_traces(model, hidden, images, prompt, 1, progress=False,
-                                          keep_hidden=True)  # fmt: skip
+    forced_llm = claims.control_traces(
+        model, llm, [None] * 4, [t.prompt for t in llm], 1, progress=False
+    )
+    forced_hidden = claims.control_traces(
+        model, hidden, images, prompt, 1, progress=False, keep_hidden=True
+    )
     names = list(claims.CONTROL_KINDS)
     sets = {k: claims.TraceSet.of(v) for k, v in forced.items()}
     assert set(sets) == {*names, "layer-shuffled"}
@@ -483,12 +499,14 @@ def test_no_claim_is_shown_on_noise(shape, noise, tmp_path):
     judged = dataclasses.replace(amber, queries=amber.queries[1::2])
     judged_images = images[1::2]
     plain = [t.generated_text for t in trs[1::2]]
-    counts = {"model": claims.preset_counts(model, judged, plain, presets, prompt, n,
-                                            progress=False)[0]}  # fmt: skip
+    counts = {
+        "model": claims.preset_counts(model, judged, plain, presets, prompt, n, progress=False)[0]
+    }
     for k, control in claims.controls(model, 1).items():
         texts = generate_texts(control, judged_images, [prompt] * 4, n, progress=False)
-        counts[k] = claims.preset_counts(control, judged, texts, presets, prompt, n,
-                                         progress=False)[0]  # fmt: skip
+        counts[k] = claims.preset_counts(
+            control, judged, texts, presets, prompt, n, progress=False
+        )[0]
 
     def xy(traces, step=None):
         f = token_features(traces[0]) if step is None else answer_features(traces, step=step)
@@ -509,23 +527,29 @@ def test_no_claim_is_shown_on_noise(shape, noise, tmp_path):
 
     model_set = claims.TraceSet.of(trs)
     model_pair = (model_set, claims.TraceSet.of(llm))
-    free = claims.control_traces(model, trs, images, prompt, 1, progress=False, forced=False,
-                                 order=True)  # fmt: skip
+    free = claims.control_traces(
+        model, trs, images, prompt, 1, progress=False, forced=False, order=True
+    )
     free_sets = {k: claims.TraceSet.of(v) for k, v in free.items()}
     results = [f(model_set, free_sets, CFG) for f in (claims.near_zero_shallow, claims.sharp_rise)]
-    results += [f(model_set, sets, CFG) for f in (
-        claims.content_keeps_changing, claims.js_split, claims.entities_rise_again,
-        claims.three_stages)]  # fmt: skip
+    results += [
+        f(model_set, sets, CFG)
+        for f in (
+            claims.content_keeps_changing,
+            claims.js_split,
+            claims.entities_rise_again,
+            claims.three_stages,
+        )
+    ]
     results += [
         claims.hallucinations_mutate(claims.labelled_tokens(events, trs, CFG), labelled, CFG),
         claims.correct_leads_first(claims.labelled_tokens(events, trs, CFG), labelled, CFG),
-        *(f(*of(counts), CFG) for f in (claims.skip1_keeps, claims.skip2_fewer,
-                                        claims.skip3_more)),
+        *(f(*of(counts), CFG) for f in (claims.skip1_keeps, claims.skip2_fewer, claims.skip3_more)),
         claims.tokens_diverge(*of(tokens), CFG),
         claims.vqa_fan(*of(fan), CFG),
         claims.llm_fewer_mutations(model_pair, pairs, CFG),
         claims.compression(*of(sweep), CFG, n_layers=st.n_layers),
-    ]  # fmt: skip
+    ]
     assert sorted(r.number for r in results) == list(range(1, 16))
     shown = [r.sentence() for r in results if r.verdict == "shown"]
     assert not shown, "\n".join(shown)

@@ -49,8 +49,9 @@ def test_kill_9_then_resume(saved_llava, amber, tmp_path):
     store = tmp_path / "store"
     store.mkdir()
     (store / ".2.safetensors.abc123.tmp").write_bytes(b"half a file")  # a killed write
-    args = cli("trace", "--model", saved_llava, "--data", amber, "--out", store,
-               "--max-new-tokens", 48)  # fmt: skip
+    args = cli(
+        "trace", "--model", saved_llava, "--data", amber, "--out", store, "--max-new-tokens", 48
+    )
     proc = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not list(store.glob("*.safetensors")):
@@ -75,19 +76,47 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_accelerate_two_processes(saved_llava, amber, tmp_path):
     store = tmp_path / "store"
-    args = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
-            "--main_process_port", str(free_port()),
-            "-m", "lvlm_kit.cli", "trace", "--model", str(saved_llava), "--data", str(amber),
-            "--out", str(store), "--max-new-tokens", "3"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "lvlm_kit.cli",
+        "trace",
+        "--model",
+        str(saved_llava),
+        "--data",
+        str(amber),
+        "--out",
+        str(store),
+        "--max-new-tokens",
+        "3",
+    ]
     log = tmp_path / "log.txt"
     # Workers are grandchildren: run in a session of their own and kill the whole group on
     # timeout (subprocess.run's timeout kills only the launcher and then waits on the pipes
     # the workers still hold). Gloo is pinned to loopback.
     with log.open("w") as fh:
-        proc = subprocess.Popen(args, env={**ENV, "GLOO_SOCKET_IFNAME": "lo"}, stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            args,
+            env={**ENV, "GLOO_SOCKET_IFNAME": "lo"},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             rc = proc.wait(timeout=300)
         except subprocess.TimeoutExpired:

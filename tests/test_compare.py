@@ -73,6 +73,11 @@ def test_self_comparison_keeps_everything_and_random_weights_do_not(tiny_llava, 
     halluc = claims.quant_hallucination_kept(same, {"re-initialised": control}, cfg)
     assert halluc.model.value == 0 and "Cover" in halluc.notes[0]
     with pytest.raises(ValueError, match="same images"):
-        short = compare.Run("x", ref.traces[:2], ref.stages, *(a[:2] for a in (
-            ref.hallucinated, ref.counted, ref.covered, ref.truth)), 1)  # fmt: skip
+        short = compare.Run(
+            "x",
+            ref.traces[:2],
+            ref.stages,
+            *(a[:2] for a in (ref.hallucinated, ref.counted, ref.covered, ref.truth)),
+            1,
+        )
         compare.compare(tiny_llava, ref, tiny_llava, short, amber, prompt)

@@ -235,8 +235,11 @@ def test_notebook_00_runs_on_the_family(name, tmp_path):
     _skip_without_torchvision(name)
     folder = save_tiny(name, tmp_path / "model")
     out = tmp_path / "out"
-    run_notebook("00_quickstart", tmp_path,
-                 {"MODEL": str(folder), "OUTPUT_DIR": str(out), "MAX_NEW_TOKENS": 8})  # fmt: skip
+    run_notebook(
+        "00_quickstart",
+        tmp_path,
+        {"MODEL": str(folder), "OUTPUT_DIR": str(out), "MAX_NEW_TOKENS": 8},
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_layers"] == 4 and 1 <= metrics["n_tokens"] <= 8, metrics
     assert metrics["last_layer_top1_share"] == 1.0  # the lens's last layer is the model's output
@@ -250,11 +253,17 @@ def test_notebook_00_runs_on_the_family(name, tmp_path):
 )
 def test_notebook_07_compares_a_family_with_its_text_decoder(lvlm, llm, tmp_path):
     out = tmp_path / "out"
-    run_notebook("07_lvlm_vs_llm", tmp_path, {
-        "MODEL": str(save_tiny(lvlm, tmp_path / lvlm)),
-        "LLM_MODEL": str(save_tiny(llm, tmp_path / llm)), "OUTPUT_DIR": str(out),
-        "N_IMAGES": 4, "MAX_NEW_TOKENS": 8,
-    })  # fmt: skip
+    run_notebook(
+        "07_lvlm_vs_llm",
+        tmp_path,
+        {
+            "MODEL": str(save_tiny(lvlm, tmp_path / lvlm)),
+            "LLM_MODEL": str(save_tiny(llm, tmp_path / llm)),
+            "OUTPUT_DIR": str(out),
+            "N_IMAGES": 4,
+            "MAX_NEW_TOKENS": 8,
+        },
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["tokens_with_mutation"]) == {"lvlm", "llm"}
     (claim,) = json.loads((out / "claims.json").read_text())
@@ -280,6 +289,7 @@ def test_layer_contrast_decoding_reads_the_familys_layers(family):
     with dola, torch.inference_mode():
         cfg = greedy_config(lm.model, 6)
         cfg.eos_token_id = None  # run to the full length
-        seq = lm.model.generate(**inputs, generation_config=cfg,
-                                logits_processor=LogitsProcessorList([dola]))  # fmt: skip
+        seq = lm.model.generate(
+            **inputs, generation_config=cfg, logits_processor=LogitsProcessorList([dola])
+        )
     assert seq.shape[1] == inputs["input_ids"].shape[1] + 6 and len(dola.chosen) == 6

@@ -46,8 +46,14 @@ def test_spread_and_linearity():
     import pandas as pd
 
     # Two items: both at the origin at layer 1, apart at layer 2; item 0 moves straight.
-    coords = pd.DataFrame({"item": [0, 0, 0, 1, 1, 1], "layer": [1, 2, 3] * 2,
-                           "x": [0, 1, 2, 0, 1, 0], "y": [0, 0, 0, 0, 1, 2]})  # fmt: skip
+    coords = pd.DataFrame(
+        {
+            "item": [0, 0, 0, 1, 1, 1],
+            "layer": [1, 2, 3] * 2,
+            "x": [0, 1, 2, 0, 1, 0],
+            "y": [0, 0, 0, 0, 1, 2],
+        }
+    )
     spread = spread_by_layer(coords)
     assert (
         spread[1] == 0
@@ -140,9 +146,19 @@ def test_every_figure_names_its_model_and_shows_relative_depth(tr):
 
     st = detect_stages(tr)
     name = tr.model_name
-    point = SimpleNamespace(k=0, object_precision=1.0, object_recall=1.0, chair=0.0, hal=0.0,
-                            existence_accuracy=None, existence_correct=None, speedup=1.0,
-                            ideal_speedup=1.0, tokens_per_second=1.0, skipped=[])  # fmt: skip
+    point = SimpleNamespace(
+        k=0,
+        object_precision=1.0,
+        object_recall=1.0,
+        chair=0.0,
+        hal=0.0,
+        existence_accuracy=None,
+        existence_correct=None,
+        speedup=1.0,
+        ideal_speedup=1.0,
+        tokens_per_second=1.0,
+        skipped=[],
+    )
     lensed = {
         "probs": plots.token_probability_heatmap(tr, stages=st),
         "js": plots.js_heatmap(tr),
@@ -150,7 +166,7 @@ def test_every_figure_names_its_model_and_shows_relative_depth(tr):
         "cands": plots.candidate_trajectories(tr, 1),
         "lines": plots.layer_lines(
             {"a": np.ones((2, tr.n_layers + 1))}, "v", "t", model=name, lens=tr.lens_norm
-        ),  # fmt: skip
+        ),
         "widget": trajectory_figure(tr, 0),
     }
     for key, fig in lensed.items():
@@ -161,7 +177,7 @@ def test_every_figure_names_its_model_and_shows_relative_depth(tr):
             project(token_features(tr), max_iter=250), tr.tokens, "p", model=name
         )
         .axes[0]
-        .get_title(),  # fmt: skip
+        .get_title(),
         "bars": plots.decoding_bars(
             {"plain": {"per_image": [{"nouns": 2, "hallucinated": 1}]}}, model=name
         )
@@ -172,11 +188,16 @@ def test_every_figure_names_its_model_and_shows_relative_depth(tr):
     for key, title in others.items():
         assert name in title, key
     # A top axis in relative depth: layer L sits at 1.0 (heatmaps: the centre of its cell).
-    for key, at_last in (("probs", tr.n_layers + 0.5), ("curve", tr.n_layers),
-                         ("cands", tr.n_layers), ("lines", tr.n_layers),
-                         ("widget", tr.n_layers)):  # fmt: skip
-        top = [c for c in lensed[key].axes[0].child_axes
-               if c.get_xlabel() == "relative depth j / L"]  # fmt: skip
+    for key, at_last in (
+        ("probs", tr.n_layers + 0.5),
+        ("curve", tr.n_layers),
+        ("cands", tr.n_layers),
+        ("lines", tr.n_layers),
+        ("widget", tr.n_layers),
+    ):
+        top = [
+            c for c in lensed[key].axes[0].child_axes if c.get_xlabel() == "relative depth j / L"
+        ]
         assert len(top) == 1, key
         assert top[0]._functions[0](at_last) == pytest.approx(1.0), key
 
@@ -204,23 +225,43 @@ def test_figures_read_like_the_papers(tr):
     assert "LVLM" in [t.get_text() for t in ax.get_legend().get_texts()]
     ax = plots.probability_curve([tr, tr], st).axes[0]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == ["mean p(emitted token)", "95% CI (images)", "critical layer 1",
-                      "mutation layers"]  # fmt: skip
-    coords = pd.DataFrame([{"item": i, "layer": j, "x": float(i), "y": float(j)}
-                           for i in range(4) for j in range(1, 4)])  # fmt: skip
+    assert legend == [
+        "mean p(emitted token)",
+        "95% CI (images)",
+        "critical layer 1",
+        "mutation layers",
+    ]
+    coords = pd.DataFrame(
+        [
+            {"item": i, "layer": j, "x": float(i), "y": float(j)}
+            for i in range(4)
+            for j in range(1, 4)
+        ]
+    )
     ax = plots.projection_plot(coords, ["small", "small", "red", "small"]).axes[0]
     assert sorted(t.get_text() for t in ax.texts) == ["red", "small"]  # each word once
-    fig = plots.projection_panels({"q1": coords, "q2": coords},
-                                  {"q1": list("abcd"), "q2": list("abcd")})  # fmt: skip
+    fig = plots.projection_panels(
+        {"q1": coords, "q2": coords}, {"q1": list("abcd"), "q2": list("abcd")}
+    )
     assert [a.get_title() for a in fig.axes[:2]] == ["q1", "q2"]
-    ax = plots.layer_lines({"nf4": np.array([[0.0, 0.01, 0.02]] * 3)}, "KL", "t", log=True,
-                           references={"margin": 0.1}).axes[0]  # fmt: skip
+    ax = plots.layer_lines(
+        {"nf4": np.array([[0.0, 0.01, 0.02]] * 3)}, "KL", "t", log=True, references={"margin": 0.1}
+    ).axes[0]
     assert ax.get_ylim()[0] == 0 and any(line.get_label() == "margin" for line in ax.lines)
     from types import SimpleNamespace as P
 
-    points = [P(k=k, object_precision=0.9, object_recall=0.8, existence_accuracy=0.9,
-                existence_correct={"a": [True], "b": [k < 2]}, speedup=1 + k / 10,
-                ideal_speedup=12 / (12 - k)) for k in (0, 1, 2)]  # fmt: skip
+    points = [
+        P(
+            k=k,
+            object_precision=0.9,
+            object_recall=0.8,
+            existence_accuracy=0.9,
+            existence_correct={"a": [True], "b": [k < 2]},
+            speedup=1 + k / 10,
+            ideal_speedup=12 / (12 - k),
+        )
+        for k in (0, 1, 2)
+    ]
     fig = plots.sweep_plot(points)
     assert all(isinstance(a.xaxis.get_major_locator(), MaxNLocator) for a in fig.axes)
     assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())

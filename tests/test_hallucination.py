@@ -15,9 +15,14 @@ from lvlm_kit.hallucination import (
 )
 
 RELATION = {
-    "dog": ["puppy"], "cat": ["kitten"], "car": ["vehicle"], "tree": [],
-    "person": ["man", "woman"], "grass": [], "background": [],
-}  # fmt: skip
+    "dog": ["puppy"],
+    "cat": ["kitten"],
+    "car": ["vehicle"],
+    "tree": [],
+    "person": ["man", "woman"],
+    "grass": [],
+    "background": [],
+}
 ANNOTATIONS = [
     {"id": 1, "type": "generative", "truth": ["dog", "grass"], "hallu": ["cat", "car"]},
     {"id": 2, "type": "generative", "truth": ["person", "tree"], "hallu": ["dog"]},
@@ -29,11 +34,14 @@ ANNOTATIONS = [
     {"id": 8, "type": "discriminative-attribute-number", "truth": "no"},
 ]
 GENERATIVE = [
-    {"id": 1, "response": "A puppy runs on the grass next to a cat and two cars. "
-                          "The background is green."},
+    {
+        "id": 1,
+        "response": "A puppy runs on the grass next to a cat and two cars. "
+        "The background is green.",
+    },
     {"id": 2, "response": "A man stands near a tree. A woman holds a kitten."},
     {"id": 7, "response": "A red car."},
-]  # fmt: skip
+]
 DISCRIMINATIVE = [
     {"id": 3, "response": "Yes"},
     {"id": 4, "response": "No."},
@@ -46,12 +54,21 @@ DISCRIMINATIVE = [
 def write_amber(root, annotations=ANNOTATIONS, relation=RELATION):
     (root / "data" / "query").mkdir(parents=True)
     (root / "image").mkdir()
-    gen = [{"id": a["id"], "image": f"AMBER_{a['id']}.jpg", "query": "Describe this image."}
-           for a in annotations if a["type"] == "generative"]  # fmt: skip
-    dis = [{"id": a["id"], "image": f"AMBER_{a['id']}.jpg", "query": "Is there a dog?"}
-           for a in annotations if a["type"] != "generative"]  # fmt: skip
-    files = {"query_generative.json": gen, "query_discriminative.json": dis,
-             "query_all.json": gen + dis}  # fmt: skip
+    gen = [
+        {"id": a["id"], "image": f"AMBER_{a['id']}.jpg", "query": "Describe this image."}
+        for a in annotations
+        if a["type"] == "generative"
+    ]
+    dis = [
+        {"id": a["id"], "image": f"AMBER_{a['id']}.jpg", "query": "Is there a dog?"}
+        for a in annotations
+        if a["type"] != "generative"
+    ]
+    files = {
+        "query_generative.json": gen,
+        "query_discriminative.json": dis,
+        "query_all.json": gen + dis,
+    }
     for name, value in files.items():
         (root / "data" / "query" / name).write_text(json.dumps(value))
     (root / "data" / "annotations.json").write_text(json.dumps(annotations))
@@ -88,8 +105,9 @@ def test_generative_metrics_by_hand(amber):
 
 
 def test_response_analysis(amber):
-    a = analyse_response(GENERATIVE[0]["response"], ["dog", "grass"], ["cat", "car"], RELATION,
-                         {"background"})  # fmt: skip
+    a = analyse_response(
+        GENERATIVE[0]["response"], ["dog", "grass"], ["cat", "car"], RELATION, {"background"}
+    )
     assert a.nouns == ["puppy", "grass", "cat", "car", "background"]
     assert a.hallucinated == ["cat", "car"]
     assert a.covered == {"dog", "grass"} and a.recognised == {"cat", "car"}
@@ -131,8 +149,16 @@ def test_reader_errors(tmp_path):
 def test_label_tokens():
     tr = fake_trace(["a", "red", "boat", "and", "a", "fi", "##sh", "."], torch.zeros(8, 3))
     labels = label_tokens(tr, truth=["boat"], hallu=["fish"])
-    assert labels.labels == ["other", "other", "correct", "other", "other", "hallucinated",
-                             "other", "other"]  # fmt: skip
+    assert labels.labels == [
+        "other",
+        "other",
+        "correct",
+        "other",
+        "other",
+        "hallucinated",
+        "other",
+        "other",
+    ]
     assert labels.objects[2] == "boat" and labels.objects[5] == "fish"
     assert labels.indices("hallucinated") == [5]
 

@@ -72,9 +72,17 @@ def test_patch_accuracy_and_the_prior_probe_read_the_right_cells():
     probs[2, 0, 0] = 0.9  # at the last layer, patch 0 says "boat"
     probs[1:, 4, 2] = 0.8  # from layer 1, patch 4 says "fish"
     probs[:, 1, 1] = 0.5  # patch 1 says "tree" everywhere
-    pl = PatchLens(torch.arange(P), (3, 3), torch.zeros(L1, P, 1, dtype=torch.long),
-                   torch.zeros(L1, P, 1), ["boat", "tree", "fish"], torch.arange(3), probs, None,
-                   "final_norm")  # fmt: skip
+    pl = PatchLens(
+        torch.arange(P),
+        (3, 3),
+        torch.zeros(L1, P, 1, dtype=torch.long),
+        torch.zeros(L1, P, 1),
+        ["boat", "tree", "fish"],
+        torch.arange(3),
+        probs,
+        None,
+        "final_norm",
+    )
     truth = ["boat", "tree", None, None, "fish", None, None, None, None]
     acc = patch_accuracy([pl], [truth], ["boat", "tree", "fish"])
     np.testing.assert_allclose(acc, [[2 / 3, 2 / 3, 1.0]])  # tree; tree, fish; all three

@@ -33,8 +33,21 @@ def test_every_notebook_has_the_same_setup_cell():
 @pytest.mark.kernels
 def test_notebook_00_installs_the_kit_and_runs_outside_the_checkout(tmp_path):
     # The wheel, built from the checkout.
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path / "dist"), str(ROOT)], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        check=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("lvlm_kit-*.whl")
     # A fresh environment that sees the installed dependencies but not the kit.
     venv = tmp_path / "venv"
@@ -46,12 +59,17 @@ def test_notebook_00_installs_the_kit_and_runs_outside_the_checkout(tmp_path):
             (deps / entry.name).symlink_to(entry)
     python = venv / "bin" / "python"
     where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    purelib = subprocess.run([python, "-c", where], capture_output=True, text=True,
-                             check=True).stdout.strip()  # fmt: skip
+    purelib = subprocess.run(
+        [python, "-c", where], capture_output=True, text=True, check=True
+    ).stdout.strip()
     (Path(purelib) / "deps.pth").write_text(str(deps) + "\n")
     probe = "import importlib.util; print(importlib.util.find_spec('lvlm_kit'))"
-    assert subprocess.run([python, "-c", probe], capture_output=True, text=True,
-                          check=True, cwd=tmp_path).stdout.strip() == "None"  # fmt: skip
+    assert (
+        subprocess.run(
+            [python, "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path
+        ).stdout.strip()
+        == "None"
+    )
     # Notebook 00 from a temporary folder, its setup cell pointed at the wheel.
     work = tmp_path / "work"
     work.mkdir()
@@ -61,9 +79,27 @@ def test_notebook_00_installs_the_kit_and_runs_outside_the_checkout(tmp_path):
     (work / "00.ipynb").write_text(nb)
     env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
-    subprocess.run([python, "-m", "papermill", "00.ipynb", "out.ipynb", "-p", "MAX_NEW_TOKENS",
-                    "8", "--kernel", "python3", "--execution-timeout", "240"], check=True,
-                   cwd=work, env=env, capture_output=True, timeout=500)  # fmt: skip
+    subprocess.run(
+        [
+            python,
+            "-m",
+            "papermill",
+            "00.ipynb",
+            "out.ipynb",
+            "-p",
+            "MAX_NEW_TOKENS",
+            "8",
+            "--kernel",
+            "python3",
+            "--execution-timeout",
+            "240",
+        ],
+        check=True,
+        cwd=work,
+        env=env,
+        capture_output=True,
+        timeout=500,
+    )
     # Installed into the fresh environment, testbed weights included; outputs in ./outputs.
     assert list(Path(purelib).glob("lvlm_kit-*.dist-info"))
     assert (Path(purelib) / "lvlm_kit/testbed/weights/lvlm/model.safetensors").is_file()

@@ -37,7 +37,8 @@ def test_resolve_amber_slices_by_image(tmp_path):
 def test_vqa_items(tmp_path):
     items = data.vqa_items("testbed", tmp_path, ["boat", "star"], 3, seed=0)
     assert [v["question"] for v in items] == ["what colour is the boat?"] * 3 + [
-        "what colour is the star?"] * 3  # fmt: skip
+        "what colour is the star?"
+    ] * 3
     assert all((tmp_path / "vqa_images").joinpath(v["image"]).is_file() for v in items)
     spec = tmp_path / "vqa.json"
     spec.write_text(json.dumps(items[:2]))
@@ -67,7 +68,14 @@ def test_the_paper_models_preset_brings_its_base_llm(monkeypatch):
     assert notebook.llm_model("anything", "my/llm") == "my/llm"
     # The trap: another LVLM with the testbed's LLM. "auto" stops, before anything loads.
     monkeypatch.setattr(notebook, "load", lambda *a, **k: pytest.fail("loaded a model"))
-    params = dict(MODEL="org/other-lvlm", QUANTIZATION=None, DEVICE="auto", DTYPE="auto",
-                  SEED=0, OUTPUT_DIR=None, LLM_MODEL="auto")  # fmt: skip
+    params = dict(
+        MODEL="org/other-lvlm",
+        QUANTIZATION=None,
+        DEVICE="auto",
+        DTYPE="auto",
+        SEED=0,
+        OUTPUT_DIR=None,
+        LLM_MODEL="auto",
+    )
     with pytest.raises(ParameterError, match="LLM_MODEL='auto'.*'org/other-lvlm' is not known"):
         notebook.start("07_lvlm_vs_llm", **params)

@@ -10,8 +10,19 @@ import pytest
 
 HERE = Path(__file__).parent.parent / "notebooks"
 NOTEBOOKS = sorted(HERE.glob("[0-9][0-9]_*.ipynb"))
-REQUIRED = ["MODEL", "QUANTIZATION", "DEVICE", "DTYPE", "LENS_NORM", "DATA", "PROMPT",
-            "MAX_NEW_TOKENS", "N_IMAGES", "SEED", "OUTPUT_DIR"]  # fmt: skip
+REQUIRED = [
+    "MODEL",
+    "QUANTIZATION",
+    "DEVICE",
+    "DTYPE",
+    "LENS_NORM",
+    "DATA",
+    "PROMPT",
+    "MAX_NEW_TOKENS",
+    "N_IMAGES",
+    "SEED",
+    "OUTPUT_DIR",
+]
 
 
 def cells(nb) -> list[tuple[str, str, list]]:
@@ -20,10 +31,18 @@ def cells(nb) -> list[tuple[str, str, list]]:
 
 def test_all_sections_exist_and_are_paired():
     assert [p.stem for p in NOTEBOOKS] == [
-        "00_quickstart", "01_token_probabilities", "02_hallucination_trajectories",
-        "03_js_divergence", "04_skip_connections", "05_features_single_image", "06_features_vqa",
-        "07_lvlm_vs_llm", "08_applications", "09_quantization", "10_image_tokens",
-    ]  # fmt: skip
+        "00_quickstart",
+        "01_token_probabilities",
+        "02_hallucination_trajectories",
+        "03_js_divergence",
+        "04_skip_connections",
+        "05_features_single_image",
+        "06_features_vqa",
+        "07_lvlm_vs_llm",
+        "08_applications",
+        "09_quantization",
+        "10_image_tokens",
+    ]
     assert sorted(HERE.glob("*.py")) == [p.with_suffix(".py") for p in NOTEBOOKS]
 
 
@@ -53,9 +72,10 @@ def test_notebook_follows_the_template(path):
     # The cell after the parameters' explanation checks every parameter, before the model loads.
     start = cells[cells.index(params[0]) + 2].source
     call = next(
-        n for n in ast.walk(ast.parse(start))
+        n
+        for n in ast.walk(ast.parse(start))
         if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "start"
-    )  # fmt: skip
+    )
     assert [k.arg for k in call.keywords] == names
     assert "notebook.record(" in cells[-1].source
     for cell in cells:
@@ -71,11 +91,21 @@ def test_notebook_follows_the_template(path):
 STRUCTURE = [
     r"`[^`]*`",
     r"(?:Figs?\.|§|[Cc]laims?|[Nn]otebooks?|[Ss]ections?|numbers) ?\d+(?:\s*(?:[-–,]|and)\s*\d+)*",
-    r"LLaVA-1\.5(?:-\d+B)?", r"Vicuna(?:-7B)?(?: v1\.5)?",
+    r"LLaVA-1\.5(?:-\d+B)?",
+    r"Vicuna(?:-7B)?(?: v1\.5)?",
     r"b?float(?:16|32)|fp16|\d+-bit|\bNF4|\bFP4|\bnf4|\bfp4|\d+bit|\bT4\b",
-    r"\b2-D\b", r"top-\d+", r"\bln 2\b", r"\b95%", r"\bL\s*[-+]\s*\d", r"\bj\s*\+\s*1\b",
-    r"\b0\.\.L\b", r"\blayers? 0\b", r"k = 0, 1, 2", r"\(\d\)", r"skip\.?\d",
-]  # fmt: skip
+    r"\b2-D\b",
+    r"top-\d+",
+    r"\bln 2\b",
+    r"\b95%",
+    r"\bL\s*[-+]\s*\d",
+    r"\bj\s*\+\s*1\b",
+    r"\b0\.\.L\b",
+    r"\blayers? 0\b",
+    r"k = 0, 1, 2",
+    r"\(\d\)",
+    r"skip\.?\d",
+]
 
 
 def hand_typed_numbers(py_text: str) -> list[str]:
@@ -87,8 +117,10 @@ def hand_typed_numbers(py_text: str) -> list[str]:
     for cell in re.split(r"\n(?=# %%)", py_text):
         if not cell.startswith("# %% [markdown]"):
             continue
-        lines = [line[2:] if line.startswith("# ") else line.lstrip("#") for line in
-                 cell.splitlines()[1:]]  # fmt: skip
+        lines = [
+            line[2:] if line.startswith("# ") else line.lstrip("#")
+            for line in cell.splitlines()[1:]
+        ]
         body = "\n".join(line for line in lines if not line.startswith("#"))  # headings
         body = re.sub(r"\b(Figs?|e\.g|i\.e|skip)\.", lambda m: m.group(1) + "\0", body)
         for sentence in re.split(r"(?<=[.!?])\s+|\n\n", body):

@@ -69,9 +69,11 @@ def test_notebook_reproduces_its_pinned_numbers(name, tmp_path):
     pinned = PINNED[name]
     for key, value in pinned["metrics"].items():
         assert metrics[key] == approx(value), key
-    claims = {claim_id(c): c for c in json.loads((out / "claims.json").read_text())} if (
-        out / "claims.json"
-    ).is_file() else {}  # fmt: skip
+    claims = (
+        {claim_id(c): c for c in json.loads((out / "claims.json").read_text())}
+        if (out / "claims.json").is_file()
+        else {}
+    )
     assert sorted(claims) == sorted(pinned["claims"])
     for number, want in pinned["claims"].items():
         got = claims[number]
@@ -141,14 +143,30 @@ def test_the_colab_notebook_runs_the_quickstart_as_it_would_on_llava(tmp_path):
 
     colab = Path(__file__).resolve().parent.parent / "colab" / "llava_1_5_7b.ipynb"
     out = tmp_path / "quick"
-    params = {"MODEL": "testbed", "QUANTIZATION": None, "OUTPUT_DIR": str(out),
-              "NOTEBOOK": str(NOTEBOOKS / "00_quickstart.ipynb"), "MAX_NEW_TOKENS": 8}  # fmt: skip
-    pm.execute_notebook(str(colab), str(tmp_path / "colab.ipynb"), parameters=params,
-                        kernel_name="python3", progress_bar=False, execution_timeout=300,
-                        start_timeout=120, cwd=str(tmp_path))  # fmt: skip
+    params = {
+        "MODEL": "testbed",
+        "QUANTIZATION": None,
+        "OUTPUT_DIR": str(out),
+        "NOTEBOOK": str(NOTEBOOKS / "00_quickstart.ipynb"),
+        "MAX_NEW_TOKENS": 8,
+    }
+    pm.execute_notebook(
+        str(colab),
+        str(tmp_path / "colab.ipynb"),
+        parameters=params,
+        kernel_name="python3",
+        progress_bar=False,
+        execution_timeout=300,
+        start_timeout=120,
+        cwd=str(tmp_path),
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_tokens"] == 8 and (out / "00_quickstart.ipynb").is_file()
     executed = json.loads((tmp_path / "colab.ipynb").read_text())
-    shown = [o for c in executed["cells"] for o in c.get("outputs", [])
-             if "image/png" in o.get("data", {})]  # fmt: skip
+    shown = [
+        o
+        for c in executed["cells"]
+        for o in c.get("outputs", [])
+        if "image/png" in o.get("data", {})
+    ]
     assert len(shown) == len(list(out.glob("*.png"))) >= 1

@@ -77,6 +77,7 @@ def test_every_third_party_import_of_the_package_is_declared():
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported.add(node.module.split(".")[0])
     third_party = imported - set(sys.stdlib_module_names) - {"lvlm_kit", "__future__"}
-    missing = {m: owners.get(m) for m in third_party
-               if not {d.lower() for d in owners.get(m, [m])} & names}  # fmt: skip
+    missing = {
+        m: owners.get(m) for m in third_party if not {d.lower() for d in owners.get(m, [m])} & names
+    }
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"

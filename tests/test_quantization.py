@@ -15,9 +15,18 @@ bnb = pytest.importorskip("bitsandbytes")
 
 #: Every linear width a multiple of 64: what the 4-bit CPU kernel takes.
 QTINY = LlavaShape(
-    image_size=32, patch_size=8, vision_hidden=64, vision_layers=2, vision_heads=2,
-    hidden=128, layers=4, heads=4, kv_heads=2, intermediate=256, max_positions=256,
-)  # fmt: skip
+    image_size=32,
+    patch_size=8,
+    vision_hidden=64,
+    vision_layers=2,
+    vision_heads=2,
+    hidden=128,
+    layers=4,
+    heads=4,
+    kv_heads=2,
+    intermediate=256,
+    max_positions=256,
+)
 ODD = LlavaShape(**{**QTINY.__dict__, "intermediate": 352})  # the v1 testbed's MLP width
 
 
@@ -48,8 +57,15 @@ def test_quantization_names_map_to_bitsandbytes_configs():
         quantization_config("3bit")
 
 
-@pytest.mark.parametrize("q, kind", [("8bit", "Linear8bitLt"), ("nf4", "Linear4bit"),
-                                     ("fp4", "Linear4bit"), ("4bit", "Linear4bit")])  # fmt: skip
+@pytest.mark.parametrize(
+    "q, kind",
+    [
+        ("8bit", "Linear8bitLt"),
+        ("nf4", "Linear4bit"),
+        ("fp4", "Linear4bit"),
+        ("4bit", "Linear4bit"),
+    ],
+)
 def test_quantized_load_traces_on_cpu(saved_q, image, q, kind):
     full = load_model(saved_q)
     quant = load_model(saved_q, quantization=q)
@@ -90,8 +106,11 @@ def test_unsupported_4bit_shapes_are_named_with_the_fix(tmp_path, monkeypatch):
     assert set(blockers.values()) == {"352 -> 128"}
     assert not cpu_4bit_blockers(skeleton, ["down_proj"])
     monkeypatch.setattr(loading_mod, "_cpu_packs_4bit", lambda: True)  # as on AVX512-BF16 CPUs
-    with pytest.raises(ValueError, match=r"4 are not: .*down_proj \(352 -> 128\).*"
-                       r"skip_modules=\['down_proj'\]"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"4 are not: .*down_proj \(352 -> 128\).*"
+        r"skip_modules=\['down_proj'\]",
+    ):
         load_model(odd, quantization="nf4")
     kept = load_model(odd, quantization="nf4", skip_modules=["down_proj"])
     mlp = kept.anatomy.layers[0].mlp
@@ -105,9 +124,19 @@ def test_unsupported_4bit_shapes_are_named_with_the_fix(tmp_path, monkeypatch):
 def test_llava_7b_widths_trace_in_nf4_on_cpu(tmp_path):
     """LLaVA-1.5-7B's decoder widths (2 layers, random weights), traced in nf4 on the CPU."""
     tok = build_word_tokenizer(WORDS)
-    shape = LlavaShape(image_size=32, patch_size=8, vision_hidden=64, vision_layers=1,
-                       vision_heads=2, hidden=4096, layers=2, heads=32, kv_heads=32,
-                       intermediate=11008, max_positions=512)  # fmt: skip
+    shape = LlavaShape(
+        image_size=32,
+        patch_size=8,
+        vision_hidden=64,
+        vision_layers=1,
+        vision_heads=2,
+        hidden=4096,
+        layers=2,
+        heads=32,
+        kv_heads=32,
+        intermediate=11008,
+        max_positions=512,
+    )
     torch.set_default_dtype(torch.bfloat16)
     try:
         model = build_model(shape, tok, seed=0)
@@ -129,8 +158,13 @@ def test_llava_7b_widths_trace_in_nf4_on_cpu(tmp_path):
 def test_quantized_loads_keep_plain_models_untouched(tiny_llama):
     assert isinstance(tiny_llama, LoadedModel) and tiny_llama.quantization is None
     assert tiny_llama.precision == "torch.float32"
-    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=1, num_attention_heads=2)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+    )
     assert resolve_anatomy(LlamaForCausalLM(config)).n_layers == 1
 
 
@@ -163,8 +197,11 @@ def test_skip_modules_name_a_part_of_the_path_as_documented(tmp_path):
     kept = load_model(
         path, quantization="nf4", skip_modules=["vision_tower", "multi_modal_projector"]
     )
-    kinds = {n: type(m).__name__ for n, m in kept.model.named_modules()
-             if type(m).__name__ in ("Linear", "Linear4bit")}  # fmt: skip
+    kinds = {
+        n: type(m).__name__
+        for n, m in kept.model.named_modules()
+        if type(m).__name__ in ("Linear", "Linear4bit")
+    }
     vision = {k for n, k in kinds.items() if ".vision_tower." in n or "projector" in n}
     language = {k for n, k in kinds.items() if ".language_model." in n}
     assert vision == {"Linear"} and language == {"Linear4bit"}

@@ -68,8 +68,11 @@ def test_a_users_file_inside_a_kit_export_is_never_deleted(tmp_path):
     resolve_data("testbed", tmp_path, 2, seed=0)
     (root / "my_analysis.txt").write_text("mine")
     before = snapshot(root)
-    with pytest.raises(FileExistsError, match=r"1 file\(s\) export_amber did not write.*"
-                       r"my_analysis.txt.*never deletes them"):  # fmt: skip
+    with pytest.raises(
+        FileExistsError,
+        match=r"1 file\(s\) export_amber did not write.*"
+        r"my_analysis.txt.*never deletes them",
+    ):
         resolve_data("testbed", tmp_path, 3, seed=0)  # other settings: would re-export
     assert snapshot(root) == before
 
@@ -89,8 +92,11 @@ def test_a_forged_export_marker_does_not_make_a_folder_the_kits(tmp_path, marker
 def test_the_export_marker_lists_every_file_it_wrote(tmp_path):
     root = export_amber(tmp_path / "a", n_images=2, seed=0)
     marker = json.loads((root / data_mod.EXPORT_MARKER).read_text())
-    on_disk = sorted(str(p.relative_to(root)) + ("/" if p.is_dir() else "")
-                     for p in root.rglob("*") if p.name != data_mod.EXPORT_MARKER)  # fmt: skip
+    on_disk = sorted(
+        str(p.relative_to(root)) + ("/" if p.is_dir() else "")
+        for p in root.rglob("*")
+        if p.name != data_mod.EXPORT_MARKER
+    )
     assert marker["files"] == on_disk and "data/annotations.json" in on_disk
     assert data_mod.read_export_settings(root)["n_images"] == 2
     export_amber(root, n_images=3, seed=0, overwrite=True)  # only its own files: replaced
@@ -273,8 +279,19 @@ def test_a_corrupt_image_is_recorded_and_the_rest_traced(tmp_path, saved_llava):
         Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(pics / name)
     (pics / "b.png").write_bytes(b"\x89PNG truncated")
     out = tmp_path / "store"
-    args = ["trace", "--model", str(saved_llava), "--data", str(pics), "--out", str(out),
-            "--prompt", PROMPT, "--max-new-tokens", "2"]  # fmt: skip
+    args = [
+        "trace",
+        "--model",
+        str(saved_llava),
+        "--data",
+        str(pics),
+        "--out",
+        str(out),
+        "--prompt",
+        PROMPT,
+        "--max-new-tokens",
+        "2",
+    ]
     with pytest.raises(ValueError, match="b.png' is not an image file"):
         main(args)  # without --keep-going the first error stops the run
     assert main([*args, "--keep-going"]) == 1
@@ -298,8 +315,9 @@ def test_claims_of_live_runs_are_respected_and_dead_ones_taken_over(tmp_path, ti
     out = tmp_path / "store"
     out.mkdir()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     import socket
 
     from lvlm_kit import store as store_mod
@@ -350,8 +368,21 @@ def test_claims_that_never_expire_are_taken_over(tmp_path, tiny_llava):
     out2 = tmp_path / "store2"
     out2.mkdir()
     (out2 / ".d.png.claim").write_text(json.dumps(claims["d.png"]))
-    rc = main(["trace", "--model", str(save_tiny(tmp_path)), "--data", str(pics), "--out",
-               str(out2), "--prompt", PROMPT, "--max-new-tokens", "2"])  # fmt: skip
+    rc = main(
+        [
+            "trace",
+            "--model",
+            str(save_tiny(tmp_path)),
+            "--data",
+            str(pics),
+            "--out",
+            str(out2),
+            "--prompt",
+            PROMPT,
+            "--max-new-tokens",
+            "2",
+        ]
+    )
     assert rc == 1  # an item left untraced is not a success
 
 
@@ -393,8 +424,11 @@ def test_concurrent_runs_on_one_machine_share_the_cores(tmp_path, tiny_llava, mo
     threads = torch.get_num_threads()
     torch.set_num_threads(8)
     try:
-        owner = {"pid": other.pid, "host": socket.gethostname(),
-                 "start": store_mod._start_time(other.pid)}  # fmt: skip
+        owner = {
+            "pid": other.pid,
+            "host": socket.gethostname(),
+            "start": store_mod._start_time(other.pid),
+        }
         (out / f".run.{other.pid}.json").write_text(json.dumps(owner))
         trace_dataset(tiny_llava, dataset_items(pics, PROMPT), out, 2, progress=False)
         assert seen == [4]  # two live runs on 8 cores
@@ -511,13 +545,30 @@ def test_a_damaged_trace_header_is_named(tiny_llava, image, tmp_path):
 
 
 def test_notebook_parameters_are_checked_by_name():
-    ok = {"MODEL": "testbed", "QUANTIZATION": None, "DEVICE": "cpu", "DTYPE": "auto",
-          "LENS_NORM": "final_norm", "DATA": "testbed", "PROMPT": "Describe.",
-          "MAX_NEW_TOKENS": 8, "N_IMAGES": 2, "SEED": 0, "OUTPUT_DIR": None}  # fmt: skip
+    ok = {
+        "MODEL": "testbed",
+        "QUANTIZATION": None,
+        "DEVICE": "cpu",
+        "DTYPE": "auto",
+        "LENS_NORM": "final_norm",
+        "DATA": "testbed",
+        "PROMPT": "Describe.",
+        "MAX_NEW_TOKENS": 8,
+        "N_IMAGES": 2,
+        "SEED": 0,
+        "OUTPUT_DIR": None,
+    }
     check_parameters(ok)
-    for name, value in (("N_IMAGES", 0), ("MAX_NEW_TOKENS", 2.5), ("LENS_NORM", "layernorm"),
-                        ("DATA", "/no/such/folder"), ("DTYPE", "float8"), ("SKIP_KS", [0]),
-                        ("QUANTIZATION", "3bit"), ("PROMPT", " ")):  # fmt: skip
+    for name, value in (
+        ("N_IMAGES", 0),
+        ("MAX_NEW_TOKENS", 2.5),
+        ("LENS_NORM", "layernorm"),
+        ("DATA", "/no/such/folder"),
+        ("DTYPE", "float8"),
+        ("SKIP_KS", [0]),
+        ("QUANTIZATION", "3bit"),
+        ("PROMPT", " "),
+    ):
         with pytest.raises(ParameterError, match=rf"parameter {name}=.* -p {name} VALUE"):
             check_parameters({**ok, name: value})
     if not torch.cuda.is_available():
@@ -560,10 +611,14 @@ def test_a_notebook_with_no_images_stops_at_its_parameters(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(pm.PapermillExecutionError, match="parameter N_IMAGES=0 cannot be used"):
         pm.execute_notebook(
-            os.path.join(root, "notebooks", "03_js_divergence.ipynb"), str(tmp_path / "nb.ipynb"),
-            parameters={"N_IMAGES": 0, "OUTPUT_DIR": str(out)}, kernel_name="python3",
-            progress_bar=False, execution_timeout=120, start_timeout=120,
-        )  # fmt: skip
+            os.path.join(root, "notebooks", "03_js_divergence.ipynb"),
+            str(tmp_path / "nb.ipynb"),
+            parameters={"N_IMAGES": 0, "OUTPUT_DIR": str(out)},
+            kernel_name="python3",
+            progress_bar=False,
+            execution_timeout=120,
+            start_timeout=120,
+        )
     assert not out.exists()  # stopped before anything was written
 
 
@@ -571,8 +626,17 @@ def test_a_notebook_with_no_images_stops_at_its_parameters(tmp_path):
 @pytest.mark.slow
 def test_reproduce_goes_on_after_a_failing_notebook_and_says_so(tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["reproduce", "--output", str(out), "--only", "00_quickstart", "06_features_vqa",
-            "-p", "IMAGES_PER_QUESTION", "0"]  # fmt: skip
+    args = [
+        "reproduce",
+        "--output",
+        str(out),
+        "--only",
+        "00_quickstart",
+        "06_features_vqa",
+        "-p",
+        "IMAGES_PER_QUESTION",
+        "0",
+    ]
     assert main(args) == 1
     printed = capsys.readouterr().out
     assert (

@@ -78,10 +78,17 @@ def test_invalid_layer_lists():
 
 def stages(critical=8, mutation=(10,), L=12):
     return Stages(
-        n_layers=L, critical_layer=critical, has_split=True, mutation_layers=list(mutation),
-        js_curve=[0.0] * L, shallow_js=0.3, deep_js=0.01, token_critical=[], token_mutations=[],
+        n_layers=L,
+        critical_layer=critical,
+        has_split=True,
+        mutation_layers=list(mutation),
+        js_curve=[0.0] * L,
+        shallow_js=0.3,
+        deep_js=0.01,
+        token_critical=[],
+        token_mutations=[],
         mutation_share=[0.0] * (L + 1),
-    )  # fmt: skip
+    )
 
 
 def test_presets_from_stages():

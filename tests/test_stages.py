@@ -33,9 +33,13 @@ def test_detects_known_change_points():
     assert st.shallow_js == pytest.approx(0.325, abs=0.02)
     assert st.deep_js < 0.07
     assert [st.stage_of(j) for j in (0, 7, 8, 10, 11, 12)] == [
-        "rapid evolution", "rapid evolution", "stabilisation", "stabilisation", "mutation",
+        "rapid evolution",
+        "rapid evolution",
+        "stabilisation",
+        "stabilisation",
         "mutation",
-    ]  # fmt: skip
+        "mutation",
+    ]
     summary = st.summary()
     assert summary["critical_layer"] == 8 and summary["tokens_with_mutation"] == 0.5
 

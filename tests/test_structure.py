@@ -81,8 +81,18 @@ def test_public_names_are_importable_from_the_package():
             assert obj.__module__.startswith("lvlm_kit."), name
         else:  # a constant of the kit (a table of names)
             assert isinstance(obj, (tuple, dict, frozenset)) and len(obj) > 0, name
-    for name in ("load_model", "trace", "Trace", "Lens", "detect_stages", "skip_layers",
-                 "skip_preset", "read_amber", "export_amber", "generate_texts"):  # fmt: skip
+    for name in (
+        "load_model",
+        "trace",
+        "Trace",
+        "Lens",
+        "detect_stages",
+        "skip_layers",
+        "skip_preset",
+        "read_amber",
+        "export_amber",
+        "generate_texts",
+    ):
         assert name in lvlm_kit.__all__
 
 

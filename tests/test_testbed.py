@@ -53,16 +53,24 @@ def test_world_size_and_determinism():
 
 
 def test_categories_render_distinctly():
-    images = [np.asarray(render(Scene([Group(c, "red", "large", [14])], jitter=[(0, 0)])))
-              for c in CATEGORIES]  # fmt: skip
+    images = [
+        np.asarray(render(Scene([Group(c, "red", "large", [14])], jitter=[(0, 0)])))
+        for c in CATEGORIES
+    ]
     for i in range(len(images)):
         for j in range(i):
             assert (images[i] != images[j]).any(axis=-1).sum() >= 8, (CATEGORIES[i], CATEGORIES[j])
 
 
 def test_text_from_truth():
-    s = Scene([Group("boat", "red", "small", [0]), Group("fish", "blue", "large", [2]),
-               Group("ball", "green", "large", [6, 8])], jitter=[])  # fmt: skip
+    s = Scene(
+        [
+            Group("boat", "red", "small", [0]),
+            Group("fish", "blue", "large", [2]),
+            Group("ball", "green", "large", [6, 8]),
+        ],
+        jitter=[],
+    )
     text = describe(s)
     assert text == "there is a small red boat, a large blue fish and two large green balls."
     assert parse_mentions(text) == {
@@ -86,8 +94,10 @@ def test_planted_prior_and_constraints():
     scenes = [sample_scene(rng, (Prior("boat", "fish", 1.0),), require="boat") for _ in range(50)]
     assert all("fish" in s.categories for s in scenes)
     rng = random.Random(0)
-    scenes = [sample_scene(rng, (Prior("boat", "fish", 1.0),), require="boat", forbid=["fish"])
-              for _ in range(50)]  # fmt: skip
+    scenes = [
+        sample_scene(rng, (Prior("boat", "fish", 1.0),), require="boat", forbid=["fish"])
+        for _ in range(50)
+    ]
     assert all("boat" in s.categories and "fish" not in s.categories for s in scenes)
     assert all(sum(g.count for g in s.groups) <= 5 for s in scenes)
     rng = random.Random(1)
@@ -120,13 +130,16 @@ def test_occluded_prior_is_named_but_not_drawn(tmp_path):
         assert (patch_labels(s, 6) == patch_labels(drawn, 6)).all()
     half = (Prior("boat", "fish", 1.0, occluded=0.5),)
     rng = random.Random(1)
-    hidden = [any(g.occluded for g in sample_scene(rng, half, require="boat").groups)
-              for _ in range(400)]  # fmt: skip
+    hidden = [
+        any(g.occluded for g in sample_scene(rng, half, require="boat").groups) for _ in range(400)
+    ]
     assert 0.4 < np.mean(hidden) < 0.6
     export_amber(tmp_path / "amber", n_images=20, seed=0, priors=hide, probe=False)
     ann = json.loads((tmp_path / "amber" / "data" / "annotations.json").read_text())
-    scenes = [Scene.from_dict(d) for d in
-              json.loads((tmp_path / "amber" / "data" / "scenes.json").read_text())]  # fmt: skip
+    scenes = [
+        Scene.from_dict(d)
+        for d in json.loads((tmp_path / "amber" / "data" / "scenes.json").read_text())
+    ]
     for s, a in zip(scenes, ann):
         occluded = {g.category for g in s.groups if g.occluded}
         assert not occluded & (set(a["truth"]) | set(a["hallu"]))  # neither seen nor absent
@@ -145,9 +158,14 @@ def test_tokenizer_covers_all_texts():
 
 def test_relations_are_scored_against_the_scene():
     # cells on the 6 x 6 board: 0 top left, 2 same row, 12 two rows down, 7 diagonal to 0
-    s = Scene([Group("boat", "red", "small", [0]), Group("fish", "blue", "large", [2]),
-               Group("ball", "green", "large", [12]),
-               Group("star", "red", "small", [7])])  # fmt: skip
+    s = Scene(
+        [
+            Group("boat", "red", "small", [0]),
+            Group("fish", "blue", "large", [2]),
+            Group("ball", "green", "large", [12]),
+            Group("star", "red", "small", [7]),
+        ]
+    )
     assert relation_holds(s, "boat", "left of", "fish")
     assert not relation_holds(s, "fish", "left of", "boat")
     assert relation_holds(s, "boat", "above", "ball")
@@ -165,8 +183,18 @@ def test_relations_are_scored_against_the_scene():
     assert not any(parse_relations(describe(sample_scene(rng))) for _ in range(200))
 
 
-TINY = LlavaShape(image_size=48, patch_size=8, vision_hidden=32, vision_layers=2, vision_heads=2,
-                  hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128)  # fmt: skip
+TINY = LlavaShape(
+    image_size=48,
+    patch_size=8,
+    vision_hidden=32,
+    vision_layers=2,
+    vision_heads=2,
+    hidden=64,
+    layers=2,
+    heads=4,
+    kv_heads=2,
+    intermediate=128,
+)
 
 
 def test_collate_masks_the_prompt():
@@ -200,8 +228,9 @@ def test_answer_loss_weighs_each_answer_or_each_token():
     labels[0, 5] = 3  # a one-token answer
     labels[1, 2:] = torch.tensor([1, 2, 4, 5])  # a four-token answer
     flat_logits, flat_labels = logits[:, :-1].reshape(-1, 9), labels[:, 1:].reshape(-1)
-    ce = torch.nn.functional.cross_entropy(flat_logits, flat_labels, ignore_index=-100,
-                                           reduction="none").view(2, 5)  # fmt: skip
+    ce = torch.nn.functional.cross_entropy(
+        flat_logits, flat_labels, ignore_index=-100, reduction="none"
+    ).view(2, 5)
     short, long = ce[0, 4], ce[1, 1:].mean()
     assert answer_loss(logits, labels, per_example=True) == pytest.approx(float((short + long) / 2))
     per_token = float((ce[0, 4] + ce[1, 1:].sum()) / 5)
@@ -213,8 +242,16 @@ FAST = {"vision_steps": 2, "vision_batch_size": 4}
 
 
 def test_training_steps_reduce_the_loss():
-    cfg = TrainConfig(steps=10, batch_size=8, warmup=2, lr=3e-3, llm_steps=10, llm_batch_size=8,
-                      llm_lr=1e-2, **FAST)  # fmt: skip
+    cfg = TrainConfig(
+        steps=10,
+        batch_size=8,
+        warmup=2,
+        lr=3e-3,
+        llm_steps=10,
+        llm_batch_size=8,
+        llm_lr=1e-2,
+        **FAST,
+    )
     _, _, _, losses = train(cfg, TINY, progress=False)
     for stage in ("llm", "instruct"):
         assert np.mean(losses[stage][-3:]) < 0.9 * np.mean(losses[stage][:2]), stage
@@ -228,8 +265,9 @@ def test_lvlm_is_built_on_the_base_language_model():
     for key in base:  # alignment trains the word embeddings only
         assert torch.equal(mine[key], base[key]) == (key != "embed_tokens.weight"), key
     assert torch.equal(lvlm.lm_head.weight, llm.lm_head.weight)
-    frozen = TrainConfig(steps=0, llm_steps=3, llm_batch_size=4, warmup=1, align_embeddings=False,
-                         **FAST)  # fmt: skip
+    frozen = TrainConfig(
+        steps=0, llm_steps=3, llm_batch_size=4, warmup=1, align_embeddings=False, **FAST
+    )
     lvlm, llm, _, _ = train(frozen, TINY, progress=False)
     assert torch.equal(lvlm.get_input_embeddings().weight, llm.get_input_embeddings().weight)
 
@@ -317,12 +355,21 @@ def test_amber_export_round_trip(tmp_path):
     n_hidden = sum(g.occluded for s in scenes for g in s.groups)
     score = score_generative(captions, data)  # naming a hidden object is a hallucination
     assert score.n_hallucinated == n_hidden and score.cog == 0.0  # in neither truth nor hallu
-    wrong = [{"id": 1, "response": describe(scenes[0]) + " there is a red " +
-              data.annotations[1]["hallu"][0] + "."}]  # fmt: skip
+    wrong = [
+        {
+            "id": 1,
+            "response": describe(scenes[0])
+            + " there is a red "
+            + data.annotations[1]["hallu"][0]
+            + ".",
+        }
+    ]
     assert score_generative(wrong, data).hal == 1.0
     disc = read_amber(root, "discriminative")
-    answers = [{"id": q["id"], "response": data.annotations[q["id"]]["truth"].capitalize()}
-               for q in disc.queries]  # fmt: skip
+    answers = [
+        {"id": q["id"], "response": data.annotations[q["id"]]["truth"].capitalize()}
+        for q in disc.queries
+    ]
     assert len(answers) == 24
     assert score_discriminative(answers, disc)["accuracy"] == 1.0
     with pytest.raises(FileExistsError, match="overwrite=True"):

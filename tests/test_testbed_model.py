@@ -69,10 +69,20 @@ def test_wheel_ships_both_testbed_models(tmp_path):
 
     root = WEIGHTS_DIR.parents[2]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(root)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     (wheel,) = tmp_path.glob("lvlm_kit-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for model in ("lvlm", "llm"):

@@ -140,9 +140,14 @@ def evaluate(
     scenes = [sample_scene(rng, priors) for _ in range(n_scenes)]
     images = [render(s) for s in scenes]
     texts = generate_texts(
-        loaded, images, [DESCRIBE_PROMPTS[0]] * n_scenes, 48, batch_size=50,
-        progress=progress, desc="describe",
-    )  # fmt: skip
+        loaded,
+        images,
+        [DESCRIBE_PROMPTS[0]] * n_scenes,
+        48,
+        batch_size=50,
+        progress=progress,
+        desc="describe",
+    )
     metrics: dict = {"n_scenes": n_scenes, "seed": seed, **description_metrics(scenes, texts)}
 
     questions, answers, q_images = [], [], []
@@ -166,9 +171,14 @@ def evaluate(
     for prior in priors:
         probe = [sample_scene(rng, (), require=prior.a, forbid=[prior.b]) for _ in range(n_probe)]
         probe_texts = generate_texts(
-            loaded, [render(s) for s in probe], [DESCRIBE_PROMPTS[0]] * n_probe, 48,
-            batch_size=50, progress=progress, desc=f"probe {prior.a}->{prior.b}",
-        )  # fmt: skip
+            loaded,
+            [render(s) for s in probe],
+            [DESCRIBE_PROMPTS[0]] * n_probe,
+            48,
+            batch_size=50,
+            progress=progress,
+            desc=f"probe {prior.a}->{prior.b}",
+        )
         named = [parse_mentions(t) for t in probe_texts]
         rate_b = sum(prior.b in m for m in named) / n_probe
         others = [c for c in CATEGORIES if c not in (prior.a, prior.b)]
@@ -180,13 +190,18 @@ def evaluate(
                     absent_hits += c in m
         ci_b = binomtest(round(rate_b * n_probe), n_probe).proportion_ci(method="wilson")
         ci_other = binomtest(absent_hits, max(absent_total, 1)).proportion_ci(method="wilson")
-        metrics["priors"].append({
-            "a": prior.a, "b": prior.b, "p_train": prior.p, "n_probe": n_probe,
-            "hallucination_rate_b": rate_b,
-            "hallucination_rate_b_ci95": [ci_b.low, ci_b.high],
-            "base_rate_other_absent": absent_hits / max(absent_total, 1),
-            "base_rate_other_absent_ci95": [ci_other.low, ci_other.high],
-        })  # fmt: skip
+        metrics["priors"].append(
+            {
+                "a": prior.a,
+                "b": prior.b,
+                "p_train": prior.p,
+                "n_probe": n_probe,
+                "hallucination_rate_b": rate_b,
+                "hallucination_rate_b_ci95": [ci_b.low, ci_b.high],
+                "base_rate_other_absent": absent_hits / max(absent_total, 1),
+                "base_rate_other_absent_ci95": [ci_other.low, ci_other.high],
+            }
+        )
     metrics["examples"] = [
         {"truth": [g.category for g in s.visible], "description": t}
         for s, t in list(zip(scenes, texts))[:5]
@@ -195,6 +210,10 @@ def evaluate(
 
 
 __all__ = [
-    "EVAL_SEED", "NUMBER_WORDS", "description_metrics", "evaluate", "parse_mentions",
+    "EVAL_SEED",
+    "NUMBER_WORDS",
+    "description_metrics",
+    "evaluate",
+    "parse_mentions",
     "parse_relations",
-]  # fmt: skip
+]

@@ -118,27 +118,58 @@ FUNCTION = (
 ).split()
 #: Synonyms used in paraphrased descriptions (never in the LVLM's own answers).
 SYNONYMS: dict[str, tuple[str, ...]] = {
-    "small": ("little", "tiny"), "large": ("big", "huge"),
-    "red": ("crimson",), "green": ("emerald",), "blue": ("azure",), "yellow": ("golden",),
-    "purple": ("violet",), "orange": ("amber",),
-    "ball": ("sphere",), "box": ("crate", "cube"), "tent": ("shelter",), "boat": ("ship",),
-    "house": ("cottage", "cabin"), "tree": ("oak",), "fish": ("trout",),
-}  # fmt: skip
+    "small": ("little", "tiny"),
+    "large": ("big", "huge"),
+    "red": ("crimson",),
+    "green": ("emerald",),
+    "blue": ("azure",),
+    "yellow": ("golden",),
+    "purple": ("violet",),
+    "orange": ("amber",),
+    "ball": ("sphere",),
+    "box": ("crate", "cube"),
+    "tent": ("shelter",),
+    "boat": ("ship",),
+    "house": ("cottage", "cabin"),
+    "tree": ("oak",),
+    "fish": ("trout",),
+}
 #: Facts stating the planted co-occurrences and the objects' nature in words.
 FACTS = (
-    "fish often swim near boats.", "a boat on the water often has fish around it.",
-    "the sailor saw fish beside the boat.", "where there is a boat, there are often fish.",
-    "a house often stands beside a tree.", "trees grow near houses.",
-    "the farmer built a house under the old tree.", "where there is a tree, a house is near.",
-    "a kite flies in the sky.", "a moon shines at night.", "a star shines in the dark sky.",
-    "a tent stands in a field.", "a flower grows in the garden.", "a ball rolls on the floor.",
-    "a heart is a sign of love.", "a box holds things.",
-)  # fmt: skip
+    "fish often swim near boats.",
+    "a boat on the water often has fish around it.",
+    "the sailor saw fish beside the boat.",
+    "where there is a boat, there are often fish.",
+    "a house often stands beside a tree.",
+    "trees grow near houses.",
+    "the farmer built a house under the old tree.",
+    "where there is a tree, a house is near.",
+    "a kite flies in the sky.",
+    "a moon shines at night.",
+    "a star shines in the dark sky.",
+    "a tent stands in a field.",
+    "a flower grows in the garden.",
+    "a ball rolls on the floor.",
+    "a heart is a sign of love.",
+    "a box holds things.",
+)
 PLURAL_EXCEPTIONS = {
-    "mouse": "mice", "child": "children", "man": "men", "woman": "women", "foot": "feet",
-    "tooth": "teeth", "leaf": "leaves", "knife": "knives", "wolf": "wolves", "shelf": "shelves",
-    "sheep": "sheep", "deer": "deer", "fish": "fish", "person": "people", "loaf": "loaves",
-}  # fmt: skip
+    "mouse": "mice",
+    "child": "children",
+    "man": "men",
+    "woman": "women",
+    "foot": "feet",
+    "tooth": "teeth",
+    "leaf": "leaves",
+    "knife": "knives",
+    "wolf": "wolves",
+    "shelf": "shelves",
+    "sheep": "sheep",
+    "deer": "deer",
+    "fish": "fish",
+    "person": "people",
+    "loaf": "loaves",
+}
 
 
 def plural(noun: str) -> str:
@@ -204,8 +235,10 @@ def paraphrase(scene: Scene, rng: random.Random) -> str:
 
     def phrase(g: Group) -> str:
         words = noun_phrase(g).split()
-        return " ".join(rng.choice(SYNONYMS[w]) if w in SYNONYMS and g.count == 1
-                        and rng.random() < 0.5 else w for w in words)  # fmt: skip
+        return " ".join(
+            rng.choice(SYNONYMS[w]) if w in SYNONYMS and g.count == 1 and rng.random() < 0.5 else w
+            for w in words
+        )
 
     phrases = [phrase(g) for g in scene.groups]
     body = phrases[0] if len(phrases) == 1 else f"{', '.join(phrases[:-1])} and {phrases[-1]}"
@@ -219,5 +252,11 @@ def generic_text(rng: random.Random, n_sentences: int = 3) -> str:
 
 
 __all__: Sequence[str] = [
-    "COLUMNS", "ROWS", "generic_sentence", "generic_text", "lexicon", "paraphrase", "plural",
-]  # fmt: skip
+    "COLUMNS",
+    "ROWS",
+    "generic_sentence",
+    "generic_text",
+    "lexicon",
+    "paraphrase",
+    "plural",
+]

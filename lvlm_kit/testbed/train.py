@@ -67,9 +67,18 @@ from .world import vocabulary as world_vocabulary
 #: fragment of its object is hard to look up by name); every width a multiple of 64, which
 #: bitsandbytes' 4-bit CPU kernel needs.
 SHAPE = LlavaShape(
-    image_size=96, patch_size=16, vision_hidden=64, vision_layers=3, vision_heads=4,
-    hidden=128, layers=12, heads=4, kv_heads=4, intermediate=512, max_positions=256,
-)  # fmt: skip
+    image_size=96,
+    patch_size=16,
+    vision_hidden=64,
+    vision_layers=3,
+    vision_heads=4,
+    hidden=128,
+    layers=12,
+    heads=4,
+    kv_heads=4,
+    intermediate=512,
+    max_positions=256,
+)
 WEIGHTS_DIR = TESTBED_WEIGHTS
 CI_SAMPLE = {"n_scenes": 24, "n_probe": 12}  # evaluate() sizes of the recorded CI sample
 
@@ -163,8 +172,11 @@ def train_llm(
     losses: list[float] = []
     bar = tqdm(range(config.llm_steps), desc="train testbed-llm", disable=not progress)
     for step in bar:
-        batch = tok([llm_example(rng) for _ in range(config.llm_batch_size)],
-                    return_tensors="pt", padding=True).to(device)  # fmt: skip
+        batch = tok(
+            [llm_example(rng) for _ in range(config.llm_batch_size)],
+            return_tensors="pt",
+            padding=True,
+        ).to(device)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         loss = model(batch["input_ids"], batch["attention_mask"], labels=labels).loss
         opt.zero_grad(set_to_none=True)
@@ -180,8 +192,12 @@ def train_llm(
 
 #: The word lists an image token is aligned with (:func:`patch_labels` rows, in order).
 ALIGN_WORDS: tuple[tuple[str, ...], ...] = (
-    CATEGORIES, tuple(COLOURS), tuple(SIZES), NUMBER_WORDS, tuple(PLURALS[c] for c in CATEGORIES),
-)  # fmt: skip
+    CATEGORIES,
+    tuple(COLOURS),
+    tuple(SIZES),
+    NUMBER_WORDS,
+    tuple(PLURALS[c] for c in CATEGORIES),
+)
 
 
 def patch_labels(scene: Scene, side: int) -> torch.Tensor:
@@ -200,8 +216,13 @@ def patch_labels(scene: Scene, side: int) -> torch.Tensor:
     cells = torch.zeros(len(ALIGN_WORDS), GRID, GRID, dtype=torch.long)
     for g in scene.visible:
         category = CATEGORIES.index(g.category) + 1
-        word = [category, list(COLOURS).index(g.colour) + 1, list(SIZES).index(g.size) + 1,
-                g.count, category]  # fmt: skip
+        word = [
+            category,
+            list(COLOURS).index(g.colour) + 1,
+            list(SIZES).index(g.size) + 1,
+            g.count,
+            category,
+        ]
         for cell in g.cells:
             cells[:, cell // GRID, cell % GRID] = torch.tensor(word)
     per = side // GRID  # image tokens per cell side
@@ -353,7 +374,7 @@ def train(
             [
                 example(rng, config.describe_share, config.ground_share)
                 for _ in range(config.batch_size)
-            ],  # fmt: skip
+            ],
         )
         labels = batch.pop("labels").to(device)
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
@@ -402,8 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llm-steps", type=int, default=TrainConfig.llm_steps)
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--vision-steps", type=int, default=TrainConfig.vision_steps)
-    parser.add_argument("--align-embeddings", action=argparse.BooleanOptionalAction,
-                        default=TrainConfig.align_embeddings)  # fmt: skip
+    parser.add_argument(
+        "--align-embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=TrainConfig.align_embeddings,
+    )
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--threads", type=int, default=TrainConfig.threads)
     parser.add_argument("--device", default="cpu", help="cpu (the recorded recipe) or cuda")
@@ -411,9 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-only", action="store_true", help="re-evaluate saved models")
     args = parser.parse_args(argv)
     config = TrainConfig(
-        llm_steps=args.llm_steps, steps=args.steps, vision_steps=args.vision_steps,
-        align_embeddings=args.align_embeddings, seed=args.seed, threads=args.threads,
-    )  # fmt: skip
+        llm_steps=args.llm_steps,
+        steps=args.steps,
+        vision_steps=args.vision_steps,
+        align_embeddings=args.align_embeddings,
+        seed=args.seed,
+        threads=args.threads,
+    )
     info_path = args.out / "training.json"
     if not args.eval_only:
         start = time.time()

@@ -34,10 +34,19 @@ SIZES: dict[str, float] = {"small": 0.55, "large": 0.95}  # fraction of the cell
 COUNT_WORDS = ("a", "two", "three")
 NUMBER_WORDS = ("one", "two", "three")
 PLURALS: dict[str, str] = {
-    "ball": "balls", "box": "boxes", "tent": "tents", "star": "stars", "heart": "hearts",
-    "moon": "moons", "tree": "trees", "house": "houses", "boat": "boats", "fish": "fish",
-    "kite": "kites", "flower": "flowers",
-}  # fmt: skip
+    "ball": "balls",
+    "box": "boxes",
+    "tent": "tents",
+    "star": "stars",
+    "heart": "hearts",
+    "moon": "moons",
+    "tree": "trees",
+    "house": "houses",
+    "boat": "boats",
+    "fish": "fish",
+    "kite": "kites",
+    "flower": "flowers",
+}
 CATEGORIES: tuple[str, ...] = tuple(PLURALS)
 DESCRIBE_PROMPTS = ("describe this image.", "please describe this image in detail.")
 
@@ -217,10 +226,13 @@ def _house(d: ImageDraw.ImageDraw, b: Box, fill: tuple) -> None:
 def _boat(d: ImageDraw.ImageDraw, b: Box, fill: tuple) -> None:
     x0, y0, x1, y1 = b
     w, h = x1 - x0, y1 - y0
-    d.polygon([(x0, y0 + 0.6 * h), (x1, y0 + 0.6 * h), (x1 - 0.2 * w, y1), (x0 + 0.2 * w, y1)],
-              fill=fill)  # fmt: skip
-    d.polygon([(x0 + 0.5 * w, y0), (x0 + 0.5 * w, y0 + 0.55 * h), (x0 + 0.15 * w, y0 + 0.55 * h)],
-              fill=fill)  # fmt: skip
+    d.polygon(
+        [(x0, y0 + 0.6 * h), (x1, y0 + 0.6 * h), (x1 - 0.2 * w, y1), (x0 + 0.2 * w, y1)], fill=fill
+    )
+    d.polygon(
+        [(x0 + 0.5 * w, y0), (x0 + 0.5 * w, y0 + 0.55 * h), (x0 + 0.15 * w, y0 + 0.55 * h)],
+        fill=fill,
+    )
 
 
 def _fish(d: ImageDraw.ImageDraw, b: Box, fill: tuple) -> None:
@@ -242,7 +254,7 @@ DRAW: dict[str, Callable] = {
     "box": lambda d, b, f, bg: d.rectangle(b, fill=f),
     "tent": lambda d, b, f, bg: d.polygon(
         [(b[0], b[3]), (b[2], b[3]), ((b[0] + b[2]) / 2, b[1])], fill=f
-    ),  # fmt: skip
+    ),
     "star": lambda d, b, f, bg: _star(d, b, f),
     "heart": lambda d, b, f, bg: _heart(d, b, f),
     "moon": _moon,
@@ -258,7 +270,7 @@ DRAW: dict[str, Callable] = {
             (b[0], (b[1] + b[3]) / 2),
         ],
         fill=f,
-    ),  # fmt: skip
+    ),
     "flower": lambda d, b, f, bg: _flower(d, b, f),
 }
 
@@ -303,8 +315,10 @@ def relation_holds(scene: Scene, first: str, rel: str, second: str) -> bool:
     """
     if rel not in RELATIONS:
         raise ValueError(f"rel={rel!r} is not one of {RELATIONS}")
-    cells = {c: [divmod(x, GRID) for g in scene.visible if g.category == c for x in g.cells]
-             for c in (first, second)}  # fmt: skip
+    cells = {
+        c: [divmod(x, GRID) for g in scene.visible if g.category == c for x in g.cells]
+        for c in (first, second)
+    }
     for ra, ca in cells[first]:
         for rb, cb in cells[second]:
             if rel == "left of" and ra == rb and ca < cb:
@@ -387,8 +401,12 @@ def question_type(question: str) -> str:
     """The kind of a :func:`vqa_pairs` question: one of :data:`QUESTION_TYPES` or "other"."""
     if question.endswith("object?"):
         return "object"
-    for start, kind in (("what colour", "colour"), ("what size", "size"), ("how many", "count"),
-                        ("is there", "existence")):  # fmt: skip
+    for start, kind in (
+        ("what colour", "colour"),
+        ("what size", "size"),
+        ("how many", "count"),
+        ("is there", "existence"),
+    ):
         if question.startswith(start):
             return kind
     return "other"
@@ -410,6 +428,8 @@ def vocabulary() -> list[str]:
     """Every word the world's texts use (punctuation included), sorted."""
     words = set(CATEGORIES) | set(PLURALS.values()) | set(COLOURS) | set(SIZES)
     words |= set(COUNT_WORDS) | set(NUMBER_WORDS) | {"yes", "no", "object"}
-    words |= set("there is are and the left of above next to what colour size how many in "
-                 "this image please describe detail , . ?".split())  # fmt: skip
+    words |= set(
+        "there is are and the left of above next to what colour size how many in "
+        "this image please describe detail , . ?".split()
+    )
     return sorted(words)
