@@ -1,8 +1,8 @@
 """One model against a reference on the same images: does a 4-bit run show the same picture?
 
-:func:`run` traces a model on AMBER-layout data and scores its hallucinations;
-:func:`compare` measures, image by image, how far another run (a quantized copy, or a
-random-weight control) is from the reference run: generated-token agreement, the
+:func:`~lvlm_kit.runs.run` traces a model on AMBER-layout data and scores its
+hallucinations; :func:`compare` measures, image by image, how far another run (a quantized
+copy, or a random-weight control) is from the reference run: generated-token agreement, the
 adjacent-layer JS curve's correlation, and the per-layer KL between the two models' lens
 distributions on the reference's own continuation (teacher forcing, so both read the same
 tokens). Notebook 09 turns these into claims (:mod:`lvlm_kit.claims`).
@@ -20,45 +20,11 @@ from tqdm.auto import tqdm
 
 from .data import AmberData
 from .divergence import kl_divergence
-from .hallucination import analyse_response
 from .inputs import prepare_inputs
 from .lens import NormPolicy
 from .loading import LoadedModel
-from .stages import Stages, detect_stages
+from .runs import Run
 from .surgery import ResidualRecorder
-from .trace import Trace, trace
-
-
-@dataclass
-class Run:
-    """One model traced on the images of an AMBER-layout dataset."""
-
-    name: str
-    traces: list[Trace]  # [N], one per image
-    stages: Stages  # detected over all traces
-    hallucinated: np.ndarray  # [N] hallucinated object nouns per response
-    counted: np.ndarray  # [N] nouns in CHAIR's denominator per response
-    covered: np.ndarray  # [N] annotated objects the response names
-    truth: np.ndarray  # [N] annotated objects per image
-    memory_bytes: int  # the model's parameters and buffers (quantized sizes)
-
-    def chair_of(self, idx: np.ndarray | slice = slice(None)) -> float:
-        """Pooled CHAIR of the images ``idx``: hallucinated nouns over counted nouns."""
-        return float(self.hallucinated[idx].sum() / max(self.counted[idx].sum(), 1))
-
-    def cover_of(self, idx: np.ndarray | slice = slice(None)) -> float:
-        """Pooled Cover of the images ``idx``: named annotated objects over annotated ones."""
-        return float(self.covered[idx].sum() / max(self.truth[idx].sum(), 1))
-
-    @property
-    def chair(self) -> float:
-        """Pooled CHAIR over all images."""
-        return self.chair_of()
-
-    @property
-    def cover(self) -> float:
-        """Pooled Cover over all images."""
-        return self.cover_of()
 
 
 @dataclass
@@ -72,42 +38,6 @@ class Comparison:
     lens_kl: np.ndarray  # [N, L+1] mean KL(reference || other) in nats, per lens layer
     #: claims measured on this comparison as a control, kept for the next variant's claim
     estimates: dict[Any, Any] = field(default_factory=dict, repr=False)
-
-
-def run(
-    loaded: LoadedModel,
-    amber: AmberData,
-    prompt: str,
-    max_new_tokens: int,
-    lens_norm: NormPolicy = "final_norm",
-    n_images: int | None = None,
-    name: str | None = None,
-) -> Run:
-    """Trace ``loaded`` on the first ``n_images`` generative queries of ``amber``.
-
-    Returns:
-        The :class:`Run`, with hallucinations scored against AMBER's annotations.
-    """
-    queries = amber.queries[:n_images]
-    name = name or loaded.name
-    traces = [
-        trace(loaded, amber.image_path(q), prompt, max_new_tokens, lens_norm=lens_norm)
-        for q in tqdm(queries, desc=f"trace {name}")
-    ]
-    scores = []  # per image: hallucinated, counted, covered, truth
-    for q, t in zip(queries, traces):
-        ann = amber.annotations[int(q["id"])]
-        a = analyse_response(
-            t.generated_text, ann["truth"], ann.get("hallu", []), amber.relation, amber.safe_words
-        )
-        scores.append((len(a.hallucinated), a.n_counted, len(a.covered), len(ann["truth"])))
-    per = np.array(scores).reshape(-1, 4).T
-    return Run(name, traces, detect_stages(traces), *per, memory_footprint(loaded))
-
-
-def memory_footprint(loaded: LoadedModel) -> int:
-    """Bytes of the model's parameters and buffers as stored (4-bit weights count 4 bits)."""
-    return int(loaded.model.get_memory_footprint())
 
 
 def token_agreement(reference: torch.Tensor, other: torch.Tensor) -> float:
@@ -208,10 +138,7 @@ def _correlation(x: np.ndarray, y: np.ndarray) -> float:
 
 __all__: Sequence[str] = [
     "Comparison",
-    "Run",
     "compare",
     "lens_kl",
-    "memory_footprint",
-    "run",
     "token_agreement",
 ]

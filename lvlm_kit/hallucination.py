@@ -12,7 +12,9 @@ Generative metrics follow AMBER's official scorer (``inference.py``):
   ``hallu`` object or one of its associated words it marks that object recognised;
 - CHAIR = hallucinated nouns / kept nouns (pooled), Cover = covered truth objects / truth
   objects, Hal = share of responses with ≥ 1 hallucinated noun, Cog = recognised hallu
-  objects / hallu objects.
+  objects / hallu objects. Every one of them is a :func:`pooled_share`: undefined (NaN) when
+  nothing is counted, the one rule wherever the kit computes them (:func:`chair`,
+  :func:`cover`).
 
 **Differences from the official scorer** (it needs spaCy's word vectors and NLTK data,
 which are large downloads; the kit runs without them):
@@ -43,9 +45,6 @@ from typing import TYPE_CHECKING, Any
 from .data import AmberData, relation_vocabulary
 
 if TYPE_CHECKING:
-    import pandas as pd
-
-    from .loading import LoadedModel
     from .trace import Trace
 
 _WORD = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)*")
@@ -84,6 +83,37 @@ def noun_lemmas(text: str, vocabulary: Iterable[str] = ()) -> list[tuple[str, in
 
 
 # ---- generative scoring ------------------------------------------------------------------
+
+
+def pooled_share(part: Any, whole: Any) -> Any:
+    """``part / whole``, NaN where ``whole`` is 0: the rule of every AMBER share.
+
+    A share of nothing has no value: CHAIR of descriptions that name no object is undefined,
+    not 0 (a noise control that names nothing has not shown that it hallucinates less).
+
+    Args:
+        part: counts (a number or an array, e.g. ``[resamples]`` bootstrap sums).
+        whole: the counts it is a share of, same shape.
+
+    Returns:
+        A float for numbers, else an array of ``part``'s shape.
+    """
+    import numpy as np
+
+    part, whole = np.asarray(part, float), np.asarray(whole, float)
+    out = np.full(np.broadcast(part, whole).shape, np.nan)
+    np.divide(part, whole, out=out, where=whole > 0)
+    return float(out) if out.ndim == 0 else out
+
+
+def chair(hallucinated: Any, nouns: Any) -> Any:
+    """Pooled CHAIR: hallucinated nouns over the nouns in its denominator (NaN for none)."""
+    return pooled_share(hallucinated, nouns)
+
+
+def cover(covered: Any, truth: Any) -> Any:
+    """Pooled Cover: annotated objects named over annotated objects (NaN for none)."""
+    return pooled_share(covered, truth)
 
 
 @dataclass
@@ -189,10 +219,10 @@ def score_generative(
         n_bad += bool(a.hallucinated)
     n = len(responses)
     return GenerativeScore(
-        chair=n_halluc / n_nouns if n_nouns else 0.0,
-        cover=n_cov / n_truth if n_truth else 0.0,
-        hal=n_bad / n if n else 0.0,
-        cog=n_rec / n_hallu if n_hallu else 0.0,
+        chair=chair(n_halluc, n_nouns),
+        cover=cover(n_cov, n_truth),
+        hal=pooled_share(n_bad, n),
+        cog=pooled_share(n_rec, n_hallu),
         n_responses=n,
         n_nouns=n_nouns,
         n_hallucinated=n_halluc,
@@ -350,115 +380,3 @@ def overtake_layer(trace: Trace, step: int, winner: int, loser: int) -> int | No
     while j > 0 and above[j - 1]:
         j -= 1
     return j
-
-
-def object_token_events(
-    loaded: LoadedModel,
-    amber: AmberData,
-    prompt: str,
-    max_new_tokens: int,
-    lens_norm: str = "final_norm",
-    progress: bool = True,
-    force: Sequence[Trace] | None = None,
-) -> tuple[pd.DataFrame, list[Trace], GenerativeScore]:
-    """Trace every image, label its object tokens, and follow their rivals through the layers.
-
-    Two rivals are followed for each object token: its runner-up at the last layer, and the
-    objects annotated in the image (their first tokens; the emitted object itself left
-    out). A second trace watches them at every layer; :func:`overtake_layer` gives the layer
-    from which the emitted token stays ahead of the runner-up (the paper's mutation, for a
-    hallucinated token).
-
-    Args:
-        loaded: the model.
-        amber: images and annotations (one generative query per image).
-        prompt: the instruction.
-        max_new_tokens: generation limit.
-        lens_norm: the lens's norm policy.
-        progress: show a progress bar.
-        force: traces (one per query, in order) whose tokens ``loaded`` is made to emit
-            (teacher forcing, e.g. a noise control read on the model's own descriptions).
-
-    Returns:
-        ``(events, traces, score)``: one row per object token (``image`` index, ``step``,
-        ``label``, ``object``, ``rival``, ``rival_id``, ``overtake``, ``rival_before``: the
-        rival's probability one layer before the overtake; ``truth_lead``: ``[L+1]`` per
-        layer the largest probability of an annotated object that is ahead of the emitted
-        token, else 0, NaN everywhere when no other object is annotated; and the watched
-        ``trace``); the plain traces in image order; the generative score of their
-        descriptions.
-    """
-    import numpy as np
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from .trace import trace
-
-    if force is not None and len(force) != len(amber.queries):
-        raise ValueError(
-            f"force holds {len(force)} traces for {len(amber.queries)} queries; pass one "
-            "trace per query, in order."
-        )
-    traces, rows = [], []
-    for n, q in enumerate(tqdm(amber.queries, desc="trace", disable=not progress)):
-        ann, image = amber.annotations[q["id"]], amber.image_path(q)
-        kw: dict[str, Any] = {"lens_norm": lens_norm}
-        if force is not None:
-            kw["force"] = force[n].token_ids
-        tr = trace(loaded, image, prompt, max_new_tokens, **kw)
-        traces.append(tr)
-        labels = label_tokens(
-            tr, ann["truth"], ann.get("hallu", []), amber.relation, amber.safe_words
-        )
-        steps = [i for i, lab in enumerate(labels.labels) if lab != "other"]
-        if not steps:
-            continue
-        rivals = [int(tr.topk_ids[i, -1, 1]) for i in steps]
-        truth = {
-            o: ids[0]
-            for o in ann["truth"]
-            if (ids := loaded.tokenizer.encode(o, add_special_tokens=False))
-        }
-        watched = trace(
-            loaded, image, prompt, max_new_tokens, watch=rivals + list(truth.values()), **kw
-        )
-        for i, rival in zip(steps, rivals):
-            emitted = int(watched.token_ids[i])
-            over = overtake_layer(watched, i, emitted, rival)
-            before = None if not over else float(watched.prob_of(i, rival)[over - 1])
-            others = [t for o, t in truth.items() if o != labels.objects[i] and t != emitted]
-            lead = np.full(watched.n_layers + 1, np.nan)
-            if others:
-                p = watched.prob_of(i, emitted).double().numpy()
-                po = np.stack([watched.prob_of(i, t).double().numpy() for t in others])
-                lead = np.where(po > p, po, 0.0).max(0)
-            rows.append(
-                {
-                    "image": n,
-                    "step": i,
-                    "label": labels.labels[i],
-                    "object": labels.objects[i],
-                    "rival": watched.vocab[rival],
-                    "rival_id": rival,
-                    "overtake": over,
-                    "rival_before": before,
-                    "truth_lead": lead,
-                    "trace": watched,
-                }
-            )
-    columns = [
-        "image",
-        "step",
-        "label",
-        "object",
-        "rival",
-        "rival_id",
-        "overtake",
-        "rival_before",
-        "truth_lead",
-        "trace",
-    ]
-    responses = [
-        {"id": q["id"], "response": t.generated_text} for q, t in zip(amber.queries, traces)
-    ]
-    return pd.DataFrame(rows, columns=columns), traces, score_generative(responses, amber)

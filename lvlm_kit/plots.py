@@ -20,6 +20,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from .hallucination import chair
 from .stages import Stages
 from .trace import Trace
 
@@ -383,11 +384,11 @@ def decoding_bars(
     """Hallucination metrics per decoding variant (CHAIR, Hal: lower is better).
 
     CHAIR is pooled, as AMBER defines it (hallucinated nouns over all kept nouns of the
-    images), and Hal is the share of images with a hallucination; each has a 95% bootstrap
-    interval over images. Every result must hold ``per_image`` rows
-    (``{"nouns", "hallucinated"}``), as :func:`~lvlm_kit.applications.compare_decoding`
-    returns them. With ``texts`` (variant -> one image's description), a panel below prints
-    them, as the paper's Fig. 5 does.
+    images; :func:`~lvlm_kit.hallucination.chair`), and Hal is the share of images with a
+    hallucination; each has a 95% bootstrap interval over images. Every result must hold
+    ``per_image`` rows (``{"nouns", "hallucinated"}``), as
+    :func:`~lvlm_kit.applications.compare_decoding` returns them. With ``texts`` (variant ->
+    one image's description), a panel below prints them, as the paper's Fig. 5 does.
 
     Raises:
         ValueError: a variant without ``per_image`` rows (a pooled value has no interval).
@@ -421,11 +422,8 @@ def decoding_bars(
         nouns = np.array([img["nouns"] for img in r["per_image"]], float)
         hal = np.array([img["hallucinated"] for img in r["per_image"]], float)
         idx = rng.integers(0, len(nouns), (500, len(nouns)))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            chair = hal.sum() / nouns.sum() if nouns.sum() else np.nan
-            chair_boot = hal[idx].sum(1) / nouns[idx].sum(1)
-        values = [chair, float((hal > 0).mean())]
-        boots = [chair_boot, (hal[idx] > 0).mean(1)]
+        values = [chair(hal.sum(), nouns.sum()), float((hal > 0).mean())]
+        boots = [chair(hal[idx].sum(1), nouns[idx].sum(1)), (hal[idx] > 0).mean(1)]
         lows = [np.nanpercentile(b, 2.5) for b in boots]
         highs = [np.nanpercentile(b, 97.5) for b in boots]
         x = np.arange(2) + (i - (len(results) - 1) / 2) * width

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .loading import REPO_ROOT
+from .report import HTML_TITLE, REPORT_TITLE, write_report
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
@@ -76,11 +77,6 @@ def run_notebooks(
     return done, failed
 
 
-#: How the kit's own report files begin (a file that does not is never overwritten).
-REPORT_TITLE = "# Which of the paper's claims hold here"
-HTML_TITLE = "<title>lvlm-kit report</title>"
-
-
 def _is_kit_file(path: Path) -> bool:
     """Whether ``path`` is an executed notebook or a report this module wrote."""
     try:
@@ -115,171 +111,6 @@ def check_output(output: Path, notebooks: list[Path]) -> None:
             "not write (not an executed notebook or a report of it); the kit never overwrites "
             "it. Pass another folder."
         )
-
-
-def _read_claims(path: Path) -> list[dict] | None:
-    """A notebook's ``claims.json``, or None when it is not a list of the kit's claims."""
-    from .claims import ClaimResult
-
-    keys = {f for f in ClaimResult.__dataclass_fields__}
-    try:
-        claims = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(claims, list) or not all(
-        isinstance(c, dict) and keys <= set(c) for c in claims
-    ):
-        return None
-    return claims
-
-
-def write_report(output: Path, failed: dict[str, str] | None = None) -> tuple[Path, Path]:
-    """Write ``REPORT.md`` and a self-contained ``report.html`` from the notebooks' claims.
-
-    Reads every ``<output>/NN_name/claims.json`` and ``metrics.json``: a summary table (claim
-    | paper | measured with CI | control | verdict), then a section per claim with its
-    notebook's main figure. Notebooks in ``failed`` (name -> error) are listed first.
-
-    Returns:
-        The two paths.
-    """
-    import base64
-    import html
-
-    from .claims import VERDICTS, Estimate, control_text
-    from .files import atomic_path
-
-    failed = dict(failed or {})
-    claims, figures, model, foreign = [], {}, "?", []
-    for folder in sorted(p for p in output.iterdir() if p.is_dir()):
-        path = folder / "claims.json"
-        if not path.is_file() or folder.name in failed:  # a failed run's claims are old
-            continue
-        found = _read_claims(path)
-        if found is None:
-            foreign.append(folder.name)
-            continue
-        for claim in found:
-            claims.append({**claim, "notebook": folder.name})
-        pngs = sorted(folder.glob("*.png"))
-        if pngs:
-            figures[folder.name] = pngs[0]
-        try:
-            model = json.loads((folder / "metrics.json").read_text()).get("model", model)
-        except (OSError, ValueError, AttributeError):
-            pass
-    claims.sort(key=lambda c: c["number"])
-
-    def est(e: dict | None) -> str:
-        return Estimate(**e).text() if e else "n/a"
-
-    header = (
-        "| # | claim (paper) | paper reports | statistic (rule) | measured [95% CI] | "
-        "controls [95% CI] | verdict |\n|---|---|---|---|---|---|---|"
-    )
-    rows = [
-        f"| {c['number']} | {c['paper']} ({c['figure']}) | {c['paper_number']} | "
-        f"{c['statistic']} ({c['rule']}) | {est(c['model'])} | "
-        f"{control_text(c['controls'])} | **{c['verdict']}** |"
-        for c in claims
-    ]
-    counts = {v: sum(c["verdict"] == v for c in claims) for v in VERDICTS}
-    lines = [
-        REPORT_TITLE,
-        "",
-        f"Claims measured: {len(claims)}; shown {counts['shown']}, not shown "
-        f"{counts['not shown']}, inconclusive {counts['inconclusive']}, no control "
-        f"{counts['inconclusive (no control)']}. Each statistic has a bootstrap 95% interval; "
-        "a claim is *shown* only when its interval lies on the claim's side of the threshold "
-        "and the same analysis on every control lies on the other side: the noise copies of "
-        "the model (a re-initialised copy, and a copy with each weight tensor's entries "
-        "permuted, and one whose layers run in a shuffled order for claims about where in "
-        "the depth something happens; teacher-forced on the model's words where a statistic "
-        "needs them, "
-        "skipping the model's layers for the skip claims), the labels shuffled within each "
-        "image for a contrast of token classes, and random sets of as many layers for the "
-        "skip claims. Stages are detected on half of the images and the claims about them "
-        "judged on the other half. A control interval that straddles the threshold leaves "
-        "the claim inconclusive; a control with no value leaves it inconclusive (no "
-        "control).",
-        "",
-        *[
-            f"**Notebook {name} failed** ({error}); its claims are missing."
-            for name, error in failed.items()
-        ],
-        *[
-            f"**{name}/claims.json is not the kit's** (not a list of its claims); skipped."
-            for name in foreign
-        ],
-        "",
-        header,
-        *rows,
-        "",
-    ]
-    for c in claims:
-        lines += [
-            f"## {c['number']}. {c['paper']} ({c['figure']})",
-            "",
-            f"{c['statistic']} = {est(c['model'])}, rule {c['rule']}; controls: "
-            f"{control_text(c['controls'])}. Verdict: **{c['verdict']}** "
-            f"(notebook `{c['notebook']}`).",
-            "",
-        ]
-        lines += [f"- {note}" for note in c["notes"]]
-        if c["notebook"] in figures:
-            lines += ["", f"![{c['notebook']}]({figures[c['notebook']].relative_to(output)})"]
-        lines.append("")
-    md = output / "REPORT.md"
-    with atomic_path(md) as tmp:
-        tmp.write_text("\n".join(lines))
-    notices = [
-        line for line in lines if line.startswith("**Notebook ") or "is not the kit's" in line
-    ]
-    body = [
-        f"<h1>Which of the paper's claims hold here</h1><p>{html.escape(lines[2])}</p>",
-        *[f"<p><b>{html.escape(n.replace('**', ''))}</b></p>" for n in notices],
-        "<table border=1 cellpadding=4><tr><th>#</th><th>claim</th><th>paper reports</th>"
-        "<th>statistic (rule)</th><th>measured [95% CI]</th><th>controls</th><th>verdict"
-        "</th></tr>",
-    ]
-    for c in claims:
-        body.append(
-            "<tr>"
-            + "".join(
-                f"<td>{html.escape(str(x))}</td>"
-                for x in (
-                    c["number"],
-                    f"{c['paper']} ({c['figure']})",
-                    c["paper_number"],
-                    f"{c['statistic']} ({c['rule']})",
-                    est(c["model"]),
-                    control_text(c["controls"]),
-                    c["verdict"],
-                )
-            )
-            + "</tr>"
-        )
-    body.append("</table>")
-    for c in claims:
-        body.append(
-            f"<h2>{c['number']}. {html.escape(c['paper'])}</h2><p>"
-            + html.escape(
-                f"{c['statistic']} = {est(c['model'])}; controls "
-                f"{control_text(c['controls'])}; verdict {c['verdict']}"
-            )
-            + "</p><ul>"
-            + "".join(f"<li>{html.escape(n)}</li>" for n in c["notes"])
-            + "</ul>"
-        )
-        if c["notebook"] in figures:
-            data = base64.b64encode(figures[c["notebook"]].read_bytes()).decode()
-            body.append(f'<img style="max-width:720px" src="data:image/png;base64,{data}">')
-    page = output / "report.html"
-    with atomic_path(page) as tmp:
-        tmp.write_text(
-            "<!doctype html><meta charset=utf-8><title>lvlm-kit report</title>" + "".join(body)
-        )
-    return md, page
 
 
 def _value(text: str) -> object:

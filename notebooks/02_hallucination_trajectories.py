@@ -94,7 +94,7 @@ OUTPUT_DIR, lm = notebook.start(
 # %%
 import pandas as pd
 
-from lvlm_kit.hallucination import object_token_events
+from lvlm_kit.runs import object_token_events
 from lvlm_kit.stages import detect_stages
 
 amber = data.resolve_amber(DATA, OUTPUT_DIR, N_IMAGES, SEED)

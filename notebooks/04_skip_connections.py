@@ -59,7 +59,7 @@ import math
 
 import torch
 
-from lvlm_kit import data, notebook, plots, trace
+from lvlm_kit import data, notebook, plots
 
 OUTPUT_DIR, lm = notebook.start(
     "04_skip_connections",
@@ -97,17 +97,14 @@ OUTPUT_DIR, lm = notebook.start(
 import dataclasses
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from lvlm_kit import claims
+from lvlm_kit import claims, runs
 from lvlm_kit.stages import detect_stages
 
 config = claims.ClaimConfig()
 amber = data.resolve_amber(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 images = [amber.image_path(q) for q in amber.queries]
-traces = [
-    trace(lm, im, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM) for im in tqdm(images, desc="trace")
-]
+traces = runs.trace_images(lm, images, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM)
 st = detect_stages(traces[0::2])
 presets = claims.preset_layers(st, config, SEED)
 judged = dataclasses.replace(amber, queries=amber.queries[1::2])
@@ -130,7 +127,7 @@ print(
 
 # %%
 plain = [t.generated_text for t in traces[1::2]]
-counts, texts = claims.preset_counts(lm, judged, plain, presets, PROMPT, MAX_NEW_TOKENS)
+counts, texts = runs.preset_counts(lm, judged, plain, presets, PROMPT, MAX_NEW_TOKENS)
 pd.DataFrame({name: t[:3] for name, t in texts.items() if not name.startswith("random.")})
 
 # %% [markdown]
@@ -147,20 +144,7 @@ pd.DataFrame({name: t[:3] for name, t in texts.items() if not name.startswith("r
 # (the paper: higher), each against its random sets.
 
 # %%
-table = {
-    name: {
-        "chair": counts.hallucinated[name].sum() / max(counts.nouns[name].sum(), 1),
-        "cover": counts.covered[name].sum() / max(counts.truth[name].sum(), 1),
-        "hal": float((counts.hallucinated[name] > 0).mean()),
-        "overlap_with_plain": float(counts.overlap[name].mean()),
-        "skipped": presets.get(name, [[]])[0],
-        "per_image": [
-            {"nouns": int(n), "hallucinated": int(h)}
-            for n, h in zip(counts.nouns[name], counts.hallucinated[name])
-        ],
-    }
-    for name in texts
-}
+table = counts.table(presets)
 first = {name: t[0] for name, t in texts.items() if not name.startswith("random.")}
 notebook.show(
     plots.decoding_bars(table, model=lm.name, texts=first), OUTPUT_DIR, "fig5_skip_presets"
@@ -198,7 +182,7 @@ for name, control in claims.controls(lm, SEED).items():
     control_plain = generate_texts(
         control, judged_images, [PROMPT] * len(judged_images), MAX_NEW_TOKENS, desc=name
     )
-    control_counts[name], _ = claims.preset_counts(
+    control_counts[name], _ = runs.preset_counts(
         control, judged, control_plain, presets, PROMPT, MAX_NEW_TOKENS
     )
 results = [

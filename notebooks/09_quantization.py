@@ -61,7 +61,7 @@ VARIANTS = ["8bit", "nf4", "fp4"]  # quantizations to compare ("4bit" is nf4 + d
 # %%
 import pandas as pd
 
-from lvlm_kit import claims, compare, data, notebook, plots
+from lvlm_kit import claims, compare, data, notebook, plots, runs
 
 OUTPUT_DIR, lm = notebook.start(
     "09_quantization",
@@ -86,7 +86,7 @@ amber = data.resolve_amber(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 # Trace every image with the full-precision model: generated tokens, every layer's lens distribution, adjacent-layer JS, and the AMBER hallucination score of each description.
 
 # %%
-reference = compare.run(lm, amber, PROMPT, MAX_NEW_TOKENS, LENS_NORM, N_IMAGES, name="full")
+reference = runs.run(lm, amber, PROMPT, MAX_NEW_TOKENS, LENS_NORM, N_IMAGES, name="full")
 print(
     f"full precision: CHAIR {reference.chair:.3f}, "
     f"critical layer {reference.stages.critical_layer}, "
@@ -104,11 +104,11 @@ print(
 comparisons = {}
 for q in VARIANTS:
     quantized = notebook.load(MODEL, q, DEVICE, DTYPE)
-    other = compare.run(quantized, amber, PROMPT, MAX_NEW_TOKENS, LENS_NORM, N_IMAGES, name=q)
+    other = runs.run(quantized, amber, PROMPT, MAX_NEW_TOKENS, LENS_NORM, N_IMAGES, name=q)
     comparisons[q] = compare.compare(lm, reference, quantized, other, amber, PROMPT, LENS_NORM)
     del quantized
 permuted = claims.permuted_control(lm, SEED)
-permuted_run = compare.run(
+permuted_run = runs.run(
     permuted, amber, PROMPT, MAX_NEW_TOKENS, LENS_NORM, N_IMAGES, name="permuted weights"
 )
 control = compare.compare(lm, reference, permuted, permuted_run, amber, PROMPT, LENS_NORM)

@@ -24,6 +24,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from lvlm_kit.claims import REGISTRY
+from lvlm_kit.report import README_KIT_COLUMNS, README_PAPER_COLUMNS, count_line, table
+
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = Path(__file__).resolve().parent / "expected_metrics.json"
 README = ROOT / "README.md"
@@ -113,64 +116,40 @@ def pinned_from_outputs(outputs: Path) -> dict:
     return pinned
 
 
-def _count_line(rows: list[dict], what: str) -> str:
-    verdicts = ("shown", "not shown", "inconclusive", "inconclusive (no control)")
-    n = {v: sum(c["verdict"] == v for c in rows) for v in verdicts}
-    return (
-        f"**{what}: {len(rows)} measured — shown {n['shown']}, not shown "
-        f"{n['not shown']}, inconclusive {n['inconclusive']}, no control "
-        f"{n['inconclusive (no control)']}.**"
-    )
-
-
-def _measured(c: dict) -> str:
-    text = "n/a" if c["value"] is None else f"{c['value']:.3g}"
-    if c["low"] is not None:
-        text += f" [{c['low']:.3g}, {c['high']:.3g}]"
-    return text
-
-
-def _controls(c: dict) -> str:
-    return "; ".join(f"{k} {'n/a' if v is None else f'{v:.3g}'}" for k, v in c["controls"].items())
+def report_rows(pinned: dict) -> list[dict]:
+    """Pinned claims as the report's rows (``lvlm_kit.report``), in claim order."""
+    rows = [
+        {
+            **c,
+            "id": n,
+            "notebook": name,
+            "model": {k: c[k] for k in ("value", "low", "high")},
+            "controls": {k: None if v is None else {"value": v} for k, v in c["controls"].items()},
+        }
+        for name, p in pinned.items()
+        for n, c in p["claims"].items()
+    ]
+    return sorted(rows, key=lambda r: (claim_number(r["id"]), r["id"]))
 
 
 def render_table(pinned: dict) -> str:
     """The README's findings: the paper's claims, then the kit's own checks, each with a count."""
-    claims = sorted(
-        ((n, name, c) for name, p in pinned.items() for n, c in p["claims"].items()),
-        key=lambda x: (claim_number(x[0]), x[0]),
+    rows = report_rows(pinned)
+    paper = [r for r in rows if REGISTRY[claim_number(r["id"])].source == "paper"]
+    kit = [r for r in rows if REGISTRY[claim_number(r["id"])].source == "kit"]
+    paper_what = "The paper's claims on the testbed"
+    kit_what = "The kit's own checks (a quantized run, notebook 09; the image tokens, notebook 10)"
+    return "\n".join(
+        [
+            f"**{count_line([r['verdict'] for r in paper], paper_what)}**",
+            "",
+            table(paper, README_PAPER_COLUMNS, "md"),
+            "",
+            f"**{count_line([r['verdict'] for r in kit], kit_what)}**",
+            "",
+            table(kit, README_KIT_COLUMNS, "md"),
+        ]
     )
-    paper = [(n, name, c) for n, name, c in claims if claim_number(n) <= 15]
-    kit = [(n, name, c) for n, name, c in claims if claim_number(n) > 15]
-    rows = [
-        _count_line([c for _, _, c in paper], "The paper's claims on the testbed"),
-        "",
-        "| # | the paper's claim | paper (figure: what it reports) | statistic (rule) | "
-        "testbed [95% CI] | controls | verdict |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for n, name, c in paper:
-        rows.append(
-            f"| {n} | {c['paper']} | {c['figure']}: {c['paper_number']} | {c['statistic']} "
-            f"({c['rule']}; notebook {name[:2]}) | {_measured(c)} | {_controls(c)} | "
-            f"**{c['verdict']}** |"
-        )
-    rows += [
-        "",
-        _count_line(
-            [c for _, _, c in kit],
-            "The kit's own checks (a quantized run, notebook 09; the image tokens, notebook 10)",
-        ),
-        "",
-        "| # | check | statistic (rule) | testbed [95% CI] | control | verdict |",
-        "|---|---|---|---|---|---|",
-    ]
-    for n, _, c in kit:
-        rows.append(
-            f"| {n} | {c['paper']} | {c['statistic']} ({c['rule']}) | {_measured(c)} | "
-            f"{_controls(c)} | **{c['verdict']}** |"
-        )
-    return "\n".join(rows)
 
 
 def readme_with_table(readme: str, table: str, start: str = START, end: str = END) -> str:

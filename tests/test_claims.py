@@ -8,8 +8,10 @@ import pytest
 import torch
 from conftest import fake_trace, make_tiny_llava
 
-from lvlm_kit import claims, trace
-from lvlm_kit.claims import ClaimConfig, Estimate, LabelledTokens, PresetCounts, SweepAnswers
+from lvlm_kit import claims, runs, trace
+from lvlm_kit.claims import ClaimConfig, Estimate, LabelledTokens, SweepAnswers
+from lvlm_kit.runs import Counts, PresetCounts
+from lvlm_kit.stages import critical_split
 
 CFG = ClaimConfig(n_boot=200, n_boot_stages=30)
 L = 12
@@ -219,7 +221,7 @@ def test_a_smooth_decay_is_not_a_step():
     # a straight line in log JS explains it, a step does not.
     smooth = decay(n_layers=32, rate=0.85)
     curve = torch.cat([t.js for t in smooth.traces]).double().mean(0)
-    k = claims.critical_split(curve)
+    k = critical_split(curve)
     assert float(curve[:k].mean() / curve[k:].mean()) > 10
     r = claims.js_split(smooth, C(decay()), CFG)
     assert r.verdict == "not shown" and r.model.value < 0
@@ -284,10 +286,7 @@ def counts(overlap1, chair_plain, chair2, chair3, n=12, cover=(0.5, 0.5, 0.5, 0.
         c, v, o = (random or {}).get(name, (chair_plain, cover[0], 0.5))
         chair[f"random.{name}"], cov[f"random.{name}"], overlap[f"random.{name}"] = c, v, o
     return PresetCounts(
-        nouns={k: ones for k in chair},
-        hallucinated={k: ones * v for k, v in chair.items()},
-        covered={k: ones * v for k, v in cov.items()},
-        truth={k: ones for k in chair},
+        counts={k: Counts(ones, ones * chair[k], ones * cov[k], ones) for k in chair},
         overlap={k: np.full(n, v) for k, v in overlap.items()},
     )
 
@@ -301,8 +300,8 @@ def test_skip_claims_both_ways():
     assert [f(bad, C(bad), CFG).verdict for f in fs] == ["not shown"] * 3
     # a control without the presets' data cannot pass the claim
     assert [f(good, C(None), CFG).verdict for f in fs] == ["inconclusive (no control)"] * 3
-    empty = {"plain": np.ones(3)}
-    no_presets = PresetCounts(empty, empty, empty, empty, empty)
+    one = np.ones(3)
+    no_presets = PresetCounts({"plain": Counts(one, one, one, one)}, {"plain": one})
     r = claims.skip2_fewer(no_presets, C(good), CFG)
     assert r.verdict == "inconclusive" and "define no skip2 preset" in r.notes[0]
 
@@ -465,7 +464,7 @@ def test_no_claim_is_shown_on_noise(shape, noise, tmp_path):
     from lvlm_kit.applications import compression_sweep, stable_layers_by_js
     from lvlm_kit.features import answer_features, coords_array, project, token_features
     from lvlm_kit.generation import generate_texts
-    from lvlm_kit.hallucination import object_token_events
+    from lvlm_kit.runs import object_token_events
     from lvlm_kit.stages import detect_stages
 
     base = load_model("testbed") if shape == "testbed" else make_tiny_llava()
@@ -500,13 +499,13 @@ def test_no_claim_is_shown_on_noise(shape, noise, tmp_path):
     judged_images = images[1::2]
     plain = [t.generated_text for t in trs[1::2]]
     counts = {
-        "model": claims.preset_counts(model, judged, plain, presets, prompt, n, progress=False)[0]
+        "model": runs.preset_counts(model, judged, plain, presets, prompt, n, progress=False)[0]
     }
     for k, control in claims.controls(model, 1).items():
         texts = generate_texts(control, judged_images, [prompt] * 4, n, progress=False)
-        counts[k] = claims.preset_counts(
-            control, judged, texts, presets, prompt, n, progress=False
-        )[0]
+        counts[k] = runs.preset_counts(control, judged, texts, presets, prompt, n, progress=False)[
+            0
+        ]
 
     def xy(traces, step=None):
         f = token_features(traces[0]) if step is None else answer_features(traces, step=step)
@@ -561,7 +560,7 @@ def test_no_claim_is_shown_on_noise(shape, noise, tmp_path):
 def test_report_gathers_every_notebooks_claims(tmp_path):
     import json
 
-    from lvlm_kit.reproduce import write_report
+    from lvlm_kit.report import write_report
 
     good, noise = traces(), flat()
     results = {
@@ -587,3 +586,24 @@ def test_report_gathers_every_notebooks_claims(tmp_path):
     assert "| re-initialised 0." in rows[0]  # each control's value and interval
     page = html.read_text()
     assert page.count("<tr>") == 5 and page.count("data:image/png;base64,") == 4
+
+
+def test_the_registry_binds_each_number_once_to_its_function_and_row():
+    from lvlm_kit.claims import REGISTRY, kit, paper, spec_of
+
+    assert sorted(REGISTRY) == list(range(1, 22))
+    assert sorted(n for n, s in REGISTRY.items() if s.source == "paper") == list(range(1, 16))
+    for n, spec in REGISTRY.items():
+        home = paper if spec.source == "paper" else kit
+        assert (
+            getattr(home, spec.key) is spec.function and getattr(claims, spec.key) is spec.function
+        )
+        assert spec_of(spec.function) is spec_of(n) is spec
+    assert len({s.key for s in REGISTRY.values()}) == 21
+    # a result names the claim it was built by, from the registry
+    r = claims.near_zero_shallow(traces(), C(flat()), CFG)
+    assert (r.number, r.key, r.figure) == (1, "near_zero_shallow", "§3, Fig. 2")
+    with pytest.raises(KeyError, match="not a registered claim"):
+        spec_of(test_the_registry_binds_each_number_once_to_its_function_and_row)
+    with pytest.raises(ValueError, match="claim 1 is already near_zero_shallow"):
+        claims.paper_claim(1, "x", "y", "z")(lambda: None)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import make_tiny_llava
 
-from lvlm_kit import claims, compare
+from lvlm_kit import claims, compare, runs
 from lvlm_kit.data import export_amber, read_amber
 
 
@@ -54,13 +54,13 @@ def test_lens_kl_reads_every_continuation_position(tiny_llava, image):
 
 def test_self_comparison_keeps_everything_and_random_weights_do_not(tiny_llava, amber):
     prompt = amber.queries[0]["query"]
-    ref = compare.run(tiny_llava, amber, prompt, 6, name="full")
+    ref = runs.run(tiny_llava, amber, prompt, 6, name="full")
     assert len(ref.traces) == 4 and ref.memory_bytes > 0
-    assert ref.counted.shape == ref.covered.shape == ref.truth.shape == (4,)
+    assert ref.counts.nouns.shape == ref.counts.covered.shape == ref.counts.truth.shape == (4,)
     same = compare.compare(tiny_llava, ref, tiny_llava, ref, amber, prompt)
     assert (same.token_agreement == 1).all() and np.allclose(same.lens_kl, 0, atol=1e-6)
     control_model = claims.random_control(tiny_llava, 0)
-    control_run = compare.run(control_model, amber, prompt, 6, name="random")
+    control_run = runs.run(control_model, amber, prompt, 6, name="random")
     control = compare.compare(tiny_llava, ref, control_model, control_run, amber, prompt)
     assert control.lens_kl.shape == (4, tiny_llava.anatomy.n_layers + 1)
     cfg = claims.ClaimConfig(n_boot=200, n_boot_stages=20)
@@ -73,11 +73,7 @@ def test_self_comparison_keeps_everything_and_random_weights_do_not(tiny_llava, 
     halluc = claims.quant_hallucination_kept(same, {"re-initialised": control}, cfg)
     assert halluc.model.value == 0 and "Cover" in halluc.notes[0]
     with pytest.raises(ValueError, match="same images"):
-        short = compare.Run(
-            "x",
-            ref.traces[:2],
-            ref.stages,
-            *(a[:2] for a in (ref.hallucinated, ref.counted, ref.covered, ref.truth)),
-            1,
-        )
+        c = ref.counts
+        two = runs.Counts(c.nouns[:2], c.hallucinated[:2], c.covered[:2], c.truth[:2])
+        short = runs.Run("x", ref.traces[:2], ref.stages, two, 1)
         compare.compare(tiny_llava, ref, tiny_llava, short, amber, prompt)

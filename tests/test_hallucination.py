@@ -104,6 +104,31 @@ def test_generative_metrics_by_hand(amber):
     assert dropped.chair == pytest.approx(3 / 9)
 
 
+def test_one_chair_rule_everywhere(amber):
+    import math
+
+    import numpy as np
+
+    from lvlm_kit.hallucination import chair, cover, pooled_share
+    from lvlm_kit.runs import Counts
+
+    assert chair(3, 10) == pytest.approx(0.3) and cover(5, 6) == pytest.approx(5 / 6)
+    assert math.isnan(chair(0, 0)) and math.isnan(pooled_share(0, 0))  # a share of nothing
+    assert np.allclose(chair(np.array([1, 0]), np.array([4, 0])), [0.25, np.nan], equal_nan=True)
+    # Counts pools exactly as the AMBER scorer does, over any subset of the images
+    queries = [q for q in amber.queries if q["id"] in (1, 2, 7)]
+    texts = [r["response"] for r in GENERATIVE]
+    counts, score = Counts.of(amber, queries, texts), score_generative(GENERATIVE, amber)
+    assert (counts.chair, counts.cover, counts.hal) == pytest.approx(
+        (score.chair, score.cover, score.hal)
+    )
+    assert counts.chair_of(np.array([0, 0])) == pytest.approx(4 / 10)  # r1 twice: 2 of 5 each
+    # descriptions that name no object have no CHAIR, in the scorer and in Counts alike
+    mute = [{"id": 1, "response": "It is nice."}]
+    assert math.isnan(score_generative(mute, amber).chair)
+    assert math.isnan(Counts.of(amber, queries[:1], ["It is nice."]).chair)
+
+
 def test_response_analysis(amber):
     a = analyse_response(
         GENERATIVE[0]["response"], ["dog", "grass"], ["cat", "car"], RELATION, {"background"}

@@ -148,7 +148,8 @@ def test_the_report_leaves_out_a_failed_notebooks_old_claims_and_a_foreign_file(
     from test_claims import CFG, C, flat, traces
 
     from lvlm_kit import claims
-    from lvlm_kit.reproduce import _is_kit_file, write_report
+    from lvlm_kit.report import write_report
+    from lvlm_kit.reproduce import _is_kit_file
 
     for name in ("01_a", "03_b"):
         (tmp_path / name).mkdir()
