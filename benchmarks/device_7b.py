@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lvlm_kit import LoadedModel, resolve_anatomy, trace  # noqa: E402
-from lvlm_kit.testbed.model import LlavaShape, build_model, build_processor  # noqa: E402
+from lvlm_kit.testbed.model import LlavaShape, build_model, llava_processor  # noqa: E402
 from lvlm_kit.testbed.tokenizer import build_word_tokenizer  # noqa: E402
 
 PROMPT = "describe this image."
@@ -46,7 +46,7 @@ def make(shape: LlavaShape = SHAPE, vocab: int = 32064) -> LoadedModel:
     model = build_model(shape, tok).to(torch.bfloat16)
     torch.set_default_device("cpu")
     model.generation_config.eos_token_id = None  # always generate exactly T tokens
-    return LoadedModel(model, build_processor(shape, tok), resolve_anatomy(model), "7b-shape")
+    return LoadedModel(model, llava_processor(shape, tok), resolve_anatomy(model), "7b-shape")
 
 
 def _sync() -> None:

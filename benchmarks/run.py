@@ -31,7 +31,7 @@ from lvlm_kit.generation import greedy_config
 from lvlm_kit.inputs import prepare_inputs
 from lvlm_kit.lens import Lens
 from lvlm_kit.surgery import ResidualRecorder, skip_layers
-from lvlm_kit.testbed.model import LlavaShape, build_model, build_processor
+from lvlm_kit.testbed.model import LlavaShape, build_model, llava_processor
 from lvlm_kit.testbed.tokenizer import build_word_tokenizer
 
 PROMPT = "describe this image."
@@ -54,7 +54,7 @@ def make(vocab: int, layers: int, hidden: int, image: int = 64) -> LoadedModel:
     )
     model = build_model(shape, tok)
     model.generation_config.eos_token_id = None  # always generate exactly T tokens
-    return LoadedModel(model, build_processor(shape, tok), resolve_anatomy(model), "bench")
+    return LoadedModel(model, llava_processor(shape, tok), resolve_anatomy(model), "bench")
 
 
 def picture(lm: LoadedModel) -> np.ndarray:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .loading import QUANTIZATIONS
+from .quantization import QUANTIZATIONS
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,16 +17,10 @@ import torch
 from .data import TESTBED_DATA
 from .files import write_json
 from .lens import NORM_POLICIES
-from .loading import (
-    DTYPES,
-    QUANTIZATIONS,
-    REPO_ROOT,
-    LoadedModel,
-    base_llm,
-    check_device_map,
-    load_model,
-)
+from .loading import DTYPES, LoadedModel, check_device_map, load_model
 from .plots import save_figure
+from .quantization import QUANTIZATIONS
+from .sources import REPO_ROOT, base_llm
 
 
 class ParameterError(ValueError):

@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from .loading import REPO_ROOT
 from .report import HTML_TITLE, REPORT_TITLE, write_report
+from .sources import REPO_ROOT
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 

@@ -2,6 +2,8 @@
 
 - :func:`layer_output` reads the hidden states out of a decoder layer's output; every hook
   goes through it, so an unexpected output fails loudly here and nowhere else.
+- :class:`LensTap` hooks chosen lens layers and hands their states to one method; the two
+  recorders below specialise it.
 - :class:`ResidualRecorder` records the residual stream at the predicting position of every
   forward pass (what :func:`~lvlm_kit.trace.trace` decodes).
 - :class:`LayerTap` keeps the latest last-position states of chosen layers (what
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -44,7 +47,63 @@ def layer_output(output: object) -> torch.Tensor:
     )
 
 
-class ResidualRecorder:
+_Tap = TypeVar("_Tap", bound="LensTap")
+
+
+class LensTap:
+    """Hooks that hand chosen lens layers' hidden states to :meth:`on_state` at every forward.
+
+    Lens layer 0 is layer 0's input (a forward pre-hook), lens layer j >= 1 decoder layer
+    j - 1's output; within one forward pass they arrive in order 0..L. The recorders of the
+    kit specialise this one class: :class:`ResidualRecorder` (every layer, every step of a
+    generation) and :class:`LayerTap` (a few layers, the latest pass).
+
+    Args:
+        anatomy: the model's :class:`~lvlm_kit.anatomy.Anatomy`.
+        layers: lens layers 0..L to hook.
+    """
+
+    def __init__(self, anatomy: Anatomy, layers: Sequence[int]) -> None:
+        bad = [j for j in layers if not 0 <= j <= anatomy.n_layers]
+        if bad:
+            raise ValueError(f"lens layers {bad} do not exist; use 0..{anatomy.n_layers}.")
+        self.anatomy, self.layers = anatomy, list(layers)
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def on_state(self, layer: int, hidden: torch.Tensor) -> None:
+        """Receive lens layer ``layer``'s ``[batch, seq, d]`` hidden states (subclasses)."""
+        raise NotImplementedError
+
+    @property
+    def active(self) -> bool:
+        """True inside the ``with`` block."""
+        return bool(self._handles)
+
+    def __enter__(self: _Tap) -> _Tap:
+        blocks = self.anatomy.layers
+        for j in self.layers:
+            if j == 0:
+
+                def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
+                    self.on_state(0, args[0] if args else kwargs["hidden_states"])
+
+                handle = blocks[0].register_forward_pre_hook(pre, with_kwargs=True)
+            else:
+
+                def hook(module: nn.Module, args: tuple, output: object, j: int = j) -> None:
+                    self.on_state(j, layer_output(output))
+
+                handle = blocks[j - 1].register_forward_hook(hook)
+            self._handles.append(handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+class ResidualRecorder(LensTap):
     """Record the residual stream at the last position of each forward pass.
 
     Hooks layer 0's input (lens layer 0) and every decoder layer's output (lens layers
@@ -69,13 +128,12 @@ class ResidualRecorder:
         device: torch.device | str | None = None,
         all_positions: bool = False,
     ) -> None:
-        self.anatomy = anatomy
+        super().__init__(anatomy, range(anatomy.n_layers + 1))
         self.device = device
         self.all_positions = all_positions
         self.steps: list[torch.Tensor | None] = []  # K tensors [L+1, d] (None once dropped)
         self._dropped = 0
         self._current: list[torch.Tensor] = []
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _keep(self, hidden: torch.Tensor) -> torch.Tensor:
         kept = (hidden[0] if self.all_positions else hidden[0, -1]).detach()
@@ -87,32 +145,14 @@ class ResidualRecorder:
         # it can be freed; a one-position output is kept as it is (no copy per step).
         return kept.clone() if not self.all_positions and hidden.shape[1] > 1 else kept
 
-    def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        self._current = [self._keep(hidden)]
-
-    def _make_hook(self, index: int):
-        last = index == self.anatomy.n_layers - 1
-
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            self._current.append(self._keep(layer_output(output)))
-            if last:
-                self.steps.append(torch.stack(self._current))
-                self._current = []
-
-        return hook
-
-    def __enter__(self) -> ResidualRecorder:
-        layers = self.anatomy.layers
-        self._handles.append(layers[0].register_forward_pre_hook(self._pre_hook, with_kwargs=True))
-        for i, layer in enumerate(layers):
-            self._handles.append(layer.register_forward_hook(self._make_hook(i)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def on_state(self, layer: int, hidden: torch.Tensor) -> None:
+        """Start a step at lens layer 0, close it (stack ``[L+1, ...]``) at the last layer."""
+        if layer == 0:
+            self._current = []
+        self._current.append(self._keep(hidden))
+        if layer == self.anatomy.n_layers:
+            self.steps.append(torch.stack(self._current))
+            self._current = []
 
     def stacked(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Recorded steps ``start:stop`` (default all) as ``[K, L+1, d]``.
@@ -136,7 +176,7 @@ class ResidualRecorder:
         self._dropped = max(self._dropped, stop)
 
 
-class LayerTap:
+class LayerTap(LensTap):
     """Keep the latest last-position hidden states of chosen lens layers.
 
     Args:
@@ -151,28 +191,15 @@ class LayerTap:
         bad = [j for j in layers if not 1 <= j <= anatomy.n_layers]
         if bad:
             raise ValueError(f"lens layers {bad} cannot be tapped; use 1..{anatomy.n_layers}.")
-        self.anatomy, self.layers = anatomy, list(layers)
+        super().__init__(anatomy, layers)
         self.latest: dict[int, torch.Tensor] = {}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    @property
-    def active(self) -> bool:
-        """True inside the ``with`` block."""
-        return bool(self._handles)
-
-    def __enter__(self) -> LayerTap:
-        for j in self.layers:
-
-            def hook(module: nn.Module, args: tuple, output: object, j: int = j) -> None:
-                self.latest[j] = layer_output(output)[:, -1].detach()
-
-            self._handles.append(self.anatomy.layers[j - 1].register_forward_hook(hook))
-        return self
+    def on_state(self, layer: int, hidden: torch.Tensor) -> None:
+        """Keep the last position."""
+        self.latest[layer] = hidden[:, -1].detach()
 
     def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        super().__exit__(*exc)
         self.latest.clear()
 
 

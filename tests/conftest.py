@@ -16,7 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lvlm_kit import LoadedModel, resolve_anatomy
 from lvlm_kit.inputs import prepare_inputs
 from lvlm_kit.surgery import ResidualRecorder
-from lvlm_kit.testbed.model import LlavaShape, build_model, build_processor
+from lvlm_kit.testbed.model import LlavaShape, build_model, llava_processor
 from lvlm_kit.testbed.tokenizer import build_word_tokenizer
 from lvlm_kit.trace import Trace
 
@@ -49,7 +49,7 @@ def _seed():
 def make_tiny_llava(seed: int = 0) -> LoadedModel:
     tok = build_word_tokenizer(WORDS)
     model = build_model(TINY, tok, seed=seed)
-    return LoadedModel(model, build_processor(TINY, tok), resolve_anatomy(model), "tiny-llava")
+    return LoadedModel(model, llava_processor(TINY, tok), resolve_anatomy(model), "tiny-llava")
 
 
 def make_tiny_llama(seed: int = 0) -> LoadedModel:

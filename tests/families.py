@@ -18,7 +18,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING_NAMES
 
-from lvlm_kit.loading import build_processor, torchvision_available
+from lvlm_kit.processors import build_processor, torchvision_available
 
 TEXT = {
     "hidden_size": 64,

@@ -89,13 +89,19 @@ def test_sweep_and_comparison_on_an_amber_export(tiny_llava, tmp_path):
     assert [p.k for p in points] == [0, 1, 2]
     assert [p.skipped for p in points] == [[], [2], [1, 2]]
     assert points[0].speedup == 1.0 and points[2].ideal_speedup == 2.0
+    # the random tiny model names no AMBER object unskipped (CHAIR undefined, not 0), and
+    # only hallucinated ones with layer 2 skipped; precision is 1 - CHAIR
+    chairs = [p.chair for p in points]
+    assert math.isnan(chairs[0]) and chairs[1] == 1.0 and math.isnan(chairs[2])
+    assert [p.object_precision for p in points] == pytest.approx(
+        [1 - c for c in chairs], nan_ok=True
+    )
     for p in points:
-        assert 0 <= p.object_precision <= 1 and 0 <= p.existence_accuracy <= 1
-        assert p.tokens_per_second > 0
+        assert p.object_recall == 0 and 0 <= p.existence_accuracy <= 1 and p.tokens_per_second > 0
     with pytest.raises(ValueError, match="only 2 stable layers"):
         compression_sweep(tiny_llava, gen, stages_4(), [3], progress=False)
     results = compare_decoding(tiny_llava, gen, stages_4(), 8, progress=False)
     assert list(results) == ["plain", "skip2", "dola", "anchor"]
     assert results["skip2"]["skipped"] == [3]
-    assert results["plain"]["chair"] == pytest.approx(points[0].chair)
+    assert results["plain"]["chair"] == pytest.approx(points[0].chair, nan_ok=True)
     assert len(results["dola"]["responses"]) == 4

@@ -25,13 +25,8 @@ from lvlm_kit.anatomy import FAMILIES as KIT_FAMILIES
 from lvlm_kit.anatomy import UNSUPPORTED, check_supported, resolve_anatomy
 from lvlm_kit.generation import greedy_config
 from lvlm_kit.inputs import prepare_inputs
-from lvlm_kit.loading import (
-    HeadMismatchError,
-    LoadedModel,
-    _without_video,
-    check_head,
-    torchvision_available,
-)
+from lvlm_kit.loading import HeadMismatchError, LoadedModel, check_head
+from lvlm_kit.processors import _without_video, torchvision_available
 from lvlm_kit.surgery import ResidualRecorder, skip_layers
 
 PROMPT = "Describe the image."

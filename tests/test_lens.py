@@ -129,3 +129,42 @@ def test_recorder_drops_steps_and_refuses_to_stack_them(tiny_llava, image):
     assert torch.equal(rec.stacked(2), whole[2:]) and torch.equal(rec.stacked(3, 4), whole[3:])
     with pytest.raises(RuntimeError, match="steps before 2 were dropped"):
         rec.stacked()
+
+
+def test_one_tap_primitive_under_both_recorders(tiny_llava, image):
+    from lvlm_kit.surgery import LayerTap, LensTap
+
+    class Seen(LensTap):
+        def __init__(self, anatomy, layers):
+            super().__init__(anatomy, layers)
+            self.order, self.states = [], {}
+
+        def on_state(self, layer, hidden):
+            self.order.append(layer)
+            self.states[layer] = hidden[0].clone()
+
+    inputs, _ = prepare_inputs(tiny_llava, image, "Describe the image.")
+    L = tiny_llava.anatomy.n_layers
+
+    def hooks():  # transformers may keep hooks of its own (output_hidden_states)
+        return [(len(b._forward_hooks), len(b._forward_pre_hooks)) for b in blocks]
+
+    blocks = tiny_llava.anatomy.layers
+    with torch.inference_mode():
+        tiny_llava.model(**inputs, output_hidden_states=True)
+    before = hooks()
+    with Seen(tiny_llava.anatomy, [0, 2, L]) as seen, LayerTap(tiny_llava.anatomy, [2, L]) as tap:
+        with torch.inference_mode():
+            out = tiny_llava.model(**inputs, output_hidden_states=True)
+        latest = {j: tap.latest[j].clone() for j in tap.latest}
+    assert seen.order == [0, 2, L]  # in depth order, once per forward pass
+    hidden = out.hidden_states  # [L+1] of [1, seq, d]; the last one after the final norm
+    torch.testing.assert_close(seen.states[0], hidden[0][0])
+    torch.testing.assert_close(seen.states[2], hidden[2][0])
+    torch.testing.assert_close(latest[2], hidden[2][0, -1:])  # LayerTap: the last position
+    assert not seen.active and not tap.latest  # hooks removed, states let go
+    assert hooks() == before
+    with pytest.raises(ValueError, match="do not exist; use 0"):
+        Seen(tiny_llava.anatomy, [L + 1])
+    with pytest.raises(ValueError, match="cannot be tapped; use 1"):
+        LayerTap(tiny_llava.anatomy, [0])

@@ -6,7 +6,7 @@ import torch
 from transformers import GPT2Config
 
 from lvlm_kit import load_model, trace
-from lvlm_kit import loading as loading_mod
+from lvlm_kit import sources as sources_mod
 
 
 def test_local_llava_round_trip(saved_llava, tiny_llava, image):
@@ -54,10 +54,10 @@ def test_unsupported_architecture_fails_before_loading_weights(tmp_path):
 
 
 def test_shortcut(monkeypatch, saved_llava, tmp_path):
-    monkeypatch.setitem(loading_mod.SHORTCUTS, "testbed", tmp_path / "absent")
+    monkeypatch.setitem(sources_mod.SHORTCUTS, "testbed", tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="lvlm_kit.testbed.train"):
         load_model("testbed")
-    monkeypatch.setitem(loading_mod.SHORTCUTS, "testbed", saved_llava)
+    monkeypatch.setitem(sources_mod.SHORTCUTS, "testbed", saved_llava)
     assert load_model("testbed").name == "testbed"
 
 
@@ -117,11 +117,11 @@ def test_paths_that_look_local_are_never_hub_ids(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("./llava-1.5", "/no/such/folder", "~/no-such-model-folder", tmp_path / "x.y"):
         with pytest.raises(FileNotFoundError, match="does not exist"):
-            loading_mod.resolve_source(name)
-    assert loading_mod.resolve_source("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"
+            sources_mod.resolve_source(name)
+    assert sources_mod.resolve_source("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"
     (tmp_path / "org" / "m.v1").mkdir(parents=True)  # an existing folder wins over a hub id
     with pytest.raises(FileNotFoundError, match="has no config.json"):
-        loading_mod.resolve_source("org/m.v1")
+        sources_mod.resolve_source("org/m.v1")
 
 
 def test_dtype_objects_and_a_gpu_device_map_without_gpu(saved_llama):

@@ -55,8 +55,8 @@ def test_record_and_show(tmp_path):
 
 def test_the_paper_models_preset_brings_its_base_llm(monkeypatch):
     from lvlm_kit import notebook
-    from lvlm_kit.loading import base_llm, resolve_source
     from lvlm_kit.notebook import ParameterError
+    from lvlm_kit.sources import base_llm, resolve_source
 
     assert resolve_source("llava-1.5-7b") == "llava-hf/llava-1.5-7b-hf"
     assert (

@@ -6,9 +6,9 @@ from conftest import WORDS
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lvlm_kit import LoadedModel, load_model, resolve_anatomy, trace
-from lvlm_kit import loading as loading_mod
-from lvlm_kit.loading import cpu_4bit_blockers, quantization_config
-from lvlm_kit.testbed.model import LlavaShape, build_model, build_processor
+from lvlm_kit import quantization as quantization_mod
+from lvlm_kit.quantization import cpu_4bit_blockers, quantization_config
+from lvlm_kit.testbed.model import LlavaShape, build_model, llava_processor
 from lvlm_kit.testbed.tokenizer import build_word_tokenizer
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -34,7 +34,7 @@ def _save(shape, path):
     tok = build_word_tokenizer(WORDS)
     model = build_model(shape, tok, seed=0)
     model.save_pretrained(path)
-    build_processor(shape, tok).save_pretrained(path)
+    llava_processor(shape, tok).save_pretrained(path)
     return path
 
 
@@ -105,7 +105,7 @@ def test_unsupported_4bit_shapes_are_named_with_the_fix(tmp_path, monkeypatch):
     ]
     assert set(blockers.values()) == {"352 -> 128"}
     assert not cpu_4bit_blockers(skeleton, ["down_proj"])
-    monkeypatch.setattr(loading_mod, "_cpu_packs_4bit", lambda: True)  # as on AVX512-BF16 CPUs
+    monkeypatch.setattr(quantization_mod, "_cpu_packs_4bit", lambda: True)  # as on AVX512-BF16 CPUs
     with pytest.raises(
         ValueError,
         match=r"4 are not: .*down_proj \(352 -> 128\).*"
@@ -144,7 +144,7 @@ def test_llava_7b_widths_trace_in_nf4_on_cpu(tmp_path):
         torch.set_default_dtype(torch.float32)
     model.resize_token_embeddings(32064, mean_resizing=False)
     model.save_pretrained(tmp_path / "m")
-    build_processor(shape, tok).save_pretrained(tmp_path / "m")
+    llava_processor(shape, tok).save_pretrained(tmp_path / "m")
     del model
     quant = load_model(tmp_path / "m", quantization="nf4")
     assert quant.anatomy.hidden_size == 4096 and quant.lens().vocab_size == 32064
@@ -179,7 +179,7 @@ def test_missing_bitsandbytes_is_one_clear_error(saved_q, monkeypatch):
 def test_skip_modules_name_a_part_of_the_path_as_documented(tmp_path):
     from conftest import make_tiny_llava, save_loaded
 
-    from lvlm_kit.loading import expand_skip_modules
+    from lvlm_kit.quantization import expand_skip_modules
 
     tiny = make_tiny_llava()
     assert expand_skip_modules(tiny.model, ["vision_tower", "linear_1"]) == [

@@ -198,11 +198,11 @@ TINY = LlavaShape(
 
 
 def test_collate_masks_the_prompt():
-    from lvlm_kit.testbed.model import build_processor
+    from lvlm_kit.testbed.model import llava_processor
 
     tok = build_tokenizer()
     ex = example(random.Random(0))
-    batch = collate(build_processor(TINY, tok), [ex])
+    batch = collate(llava_processor(TINY, tok), [ex])
     labelled = batch["labels"][0][batch["labels"][0] != -100]
     assert tok.decode(labelled, skip_special_tokens=True) == ex[2]
     assert labelled[-1].item() == tok.eos_token_id
@@ -312,12 +312,12 @@ def test_patch_labels_follow_the_grid():
 
 
 def test_vision_alignment_learns_the_patch_words():
-    from lvlm_kit.testbed.model import build_model, build_processor
+    from lvlm_kit.testbed.model import build_model, llava_processor
 
     tok = build_tokenizer()
     model = build_model(TINY, tok, seed=0).train()
     cfg = TrainConfig(vision_steps=30, vision_batch_size=16)
-    losses = align_vision(model, build_processor(TINY, tok), cfg, random.Random(0), False)
+    losses = align_vision(model, llava_processor(TINY, tok), cfg, random.Random(0), False)
     assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5])
 
 

@@ -94,7 +94,7 @@ def build_model(
     return model.eval()
 
 
-def build_processor(shape: LlavaShape, tokenizer: PreTrainedTokenizerFast) -> LlavaProcessor:
+def llava_processor(shape: LlavaShape, tokenizer: PreTrainedTokenizerFast) -> LlavaProcessor:
     """A ``LlavaProcessor`` (CLIP preprocessing at ``shape.image_size``, chat template)."""
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": shape.image_size},

@@ -40,9 +40,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM
 
-from ..loading import TESTBED_WEIGHTS
+from ..sources import TESTBED_WEIGHTS
 from .language import generic_text, lexicon, paraphrase
-from .model import LlavaShape, build_model, build_processor, llava_config, shape_dict
+from .model import LlavaShape, build_model, llava_config, llava_processor, shape_dict
 from .tokenizer import build_word_tokenizer
 from .world import (
     CATEGORIES,
@@ -348,7 +348,7 @@ def train(
     """
     torch.set_num_threads(config.threads)
     tok = build_tokenizer()
-    processor = build_processor(shape, tok)
+    processor = llava_processor(shape, tok)
     losses: dict[str, list[float]] = {}
     llm, losses["llm"] = train_llm(config, shape, tok, progress, device)
     model = build_model(shape, tok, seed=config.seed).to(device)
