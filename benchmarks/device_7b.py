@@ -18,7 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lvlm_kit import LoadedModel, resolve_anatomy, trace  # noqa: E402
+from lvlm_kit import LoadedModel, trace  # noqa: E402
+from lvlm_kit.anatomy import resolve_anatomy  # noqa: E402
 from lvlm_kit.testbed.model import LlavaShape, build_model, llava_processor  # noqa: E402
 from lvlm_kit.testbed.tokenizer import build_word_tokenizer  # noqa: E402
 

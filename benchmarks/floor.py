@@ -42,7 +42,7 @@ from lvlm_kit import trace  # noqa: E402
 from lvlm_kit.generation import greedy_config  # noqa: E402
 from lvlm_kit.inputs import prepare_inputs  # noqa: E402
 from lvlm_kit.surgery import ResidualRecorder  # noqa: E402
-from lvlm_kit.trace import chunk_steps, reduce_steps  # noqa: E402
+from lvlm_kit.tracing import chunk_steps, reduce_steps  # noqa: E402
 
 PROMPT = "describe this image."
 CHUNK_MB = 64.0  # trace()'s default

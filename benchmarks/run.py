@@ -26,7 +26,8 @@ import time
 import numpy as np
 import torch
 
-from lvlm_kit import LoadedModel, resolve_anatomy, trace
+from lvlm_kit import LoadedModel, trace
+from lvlm_kit.anatomy import resolve_anatomy
 from lvlm_kit.generation import greedy_config
 from lvlm_kit.inputs import prepare_inputs
 from lvlm_kit.lens import Lens

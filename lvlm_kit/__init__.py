@@ -4,52 +4,85 @@ The data flow is one way: image + prompt -> :func:`load_model` -> :func:`trace` 
 generation, decoded at every layer by the float32 :class:`Lens`) -> :class:`Trace` ->
 analyses (:func:`detect_stages`, hallucination labels, features), plots and widgets.
 
-Modules, one concern each: ``anatomy`` (where a model's parts are), ``loading``, ``data``
-(images, prompts, AMBER, the testbed world), ``surgery`` (every hook and patch),
-``generation`` (greedy decoding), ``lens``, ``divergence``, ``trace``, ``stages``,
-``hallucination``, ``features``, ``applications``, ``store`` (a folder of traces),
-``plots``, ``widgets``, ``notebook``, ``cli``.
+The package exposes its entry points here and every module by name (``lvlm_kit.claims``,
+``lvlm_kit.tracing.StepReducer``), imported on first use. One concern per module:
+
+- models: ``sources`` (where a model comes from), ``loading``, ``quantization``,
+  ``processors``, ``anatomy`` (where a model's parts are), ``surgery`` (every hook and
+  patch), ``generation``;
+- reading them: ``lens``, ``divergence``, ``tracing`` (and ``trace_file``), ``stages``,
+  ``image_lens``, ``features``, ``applications``, ``compare``;
+- data and scoring: ``inputs``, ``data`` (images, prompts, AMBER, the testbed world),
+  ``hallucination``, ``runs`` (trace a dataset and score it), ``store`` (a folder of traces);
+- verdicts and reports: ``claims``, ``report``, ``reproduce``;
+- around a notebook: ``plots``, ``widgets``, ``notebook``, ``files``, ``cli``.
 """
 
-from .anatomy import Anatomy, resolve_anatomy
-from .data import AmberData, Item, dataset_items, export_amber, read_amber
-from .divergence import entropy, js_divergence, js_divergence_dola, kl_divergence
-from .generation import generate_texts, greedy_config
-from .inputs import load_image
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .data import read_amber
 from .lens import Lens
 from .loading import LoadedModel, load_model
-from .stages import PRESETS, StageConfig, Stages, detect_stages, skip_preset
-from .surgery import LayerTap, ResidualRecorder, skip_layers
-from .trace import Trace, TraceFileError, trace
+from .stages import Stages, detect_stages
+from .surgery import skip_layers
+from .tracing import Trace, trace
 
 __version__ = "0.1.0"
 __all__ = [
-    "PRESETS",
-    "AmberData",
-    "Anatomy",
-    "Item",
-    "LayerTap",
     "Lens",
     "LoadedModel",
-    "ResidualRecorder",
-    "StageConfig",
     "Stages",
     "Trace",
-    "TraceFileError",
-    "dataset_items",
     "detect_stages",
-    "entropy",
-    "export_amber",
-    "generate_texts",
-    "greedy_config",
-    "js_divergence",
-    "js_divergence_dola",
-    "kl_divergence",
-    "load_image",
     "load_model",
     "read_amber",
-    "resolve_anatomy",
     "skip_layers",
-    "skip_preset",
     "trace",
 ]
+
+#: Every module of the package, reachable as ``lvlm_kit.<name>`` (imported on first use).
+MODULES: tuple[str, ...] = (
+    "anatomy",
+    "applications",
+    "claims",
+    "cli",
+    "compare",
+    "data",
+    "divergence",
+    "features",
+    "files",
+    "generation",
+    "hallucination",
+    "image_lens",
+    "inputs",
+    "lens",
+    "loading",
+    "notebook",
+    "plots",
+    "processors",
+    "quantization",
+    "report",
+    "reproduce",
+    "runs",
+    "sources",
+    "stages",
+    "store",
+    "surgery",
+    "testbed",
+    "trace_file",
+    "tracing",
+    "widgets",
+)
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'lvlm_kit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *MODULES})

@@ -18,18 +18,12 @@ import random
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .files import read_marker, write_kit_folder
-from .testbed.world import (
-    CATEGORIES,
-    DEFAULT_PRIORS,
-    GRID,
-    PLURALS,
-    Prior,
-    Scene,
-    render,
-    sample_scene,
-)
+
+if TYPE_CHECKING:
+    from .testbed.world import Prior
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -275,7 +269,7 @@ def export_amber(
     root: str | Path,
     n_images: int = 200,
     seed: int = 7,
-    priors: tuple[Prior, ...] = DEFAULT_PRIORS,
+    priors: tuple[Prior, ...] | None = None,
     questions_per_image: int = 2,
     overwrite: bool = False,
     probe: bool = False,
@@ -291,7 +285,8 @@ def export_amber(
         root: destination folder (must not exist unless ``overwrite``).
         n_images: number of scenes/images.
         seed: seed of the scene draw.
-        priors: planted priors applied while sampling (the training distribution).
+        priors: planted priors applied while sampling (default: the training
+            distribution's, ``DEFAULT_PRIORS`` of :mod:`lvlm_kit.testbed.world`).
         questions_per_image: existence questions per image (half present, half absent).
         overwrite: replace an earlier export at ``root``.
         probe: draw planted-prior probe scenes instead: each holds a prior's A but not its
@@ -306,6 +301,9 @@ def export_amber(
             anything the export did not write (whatever ``overwrite`` says), or is an export
             and ``overwrite`` is False.
     """
+    from .testbed.world import DEFAULT_PRIORS
+
+    priors = DEFAULT_PRIORS if priors is None else priors
     settings = export_settings(n_images, seed, priors, questions_per_image, probe)
     if not overwrite and Path(root).exists() and read_marker(root, EXPORT_MARKER) is not None:
         raise FileExistsError(f"'{root}' exists; pass overwrite=True or choose another folder.")
@@ -321,6 +319,8 @@ def export_amber(
 
 
 def _write_export(root: Path, settings: dict) -> None:
+    from .testbed.world import Prior
+
     priors = tuple(Prior(**p) for p in settings["priors"])
     _write(
         root,
@@ -343,6 +343,8 @@ def _old_export_settings(root: Path) -> dict | None:
 
 
 def _write(root: Path, n: int, seed: int, priors, per_image: int, probe: bool) -> None:
+    from .testbed.world import CATEGORIES, PLURALS, render, sample_scene
+
     rng = random.Random(seed)
     (root / "data" / "query").mkdir(parents=True)
     (root / "image").mkdir()
@@ -417,6 +419,8 @@ TESTBED_DATA = ("testbed", "testbed-probe")
 
 
 def _data_root(data: str, output_dir: str | Path, n_images: int, seed: int) -> str:
+    from .testbed.world import DEFAULT_PRIORS
+
     if data not in TESTBED_DATA:
         return data
     root = Path(output_dir) / data.replace("-", "_")
@@ -478,6 +482,8 @@ def cell_truth(amber: AmberData) -> list[list[tuple[str, str] | None]]:
         ValueError: ``amber`` is not a testbed export (no ``data/scenes.json``): real images
             have no per-cell ground truth.
     """
+    from .testbed.world import GRID, Scene
+
     path = amber.root / "data" / "scenes.json"
     if not path.is_file():
         raise ValueError(
@@ -527,6 +533,8 @@ def vqa_items(
         ]
     if data not in TESTBED_DATA:
         return _read_vqa(root)
+    from .testbed.world import render, sample_scene
+
     folder = Path(output_dir) / "vqa_images"
     rng = random.Random(seed)
     scenes = {

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .trace import Trace
+from .tracing import Trace
 
 METHODS: tuple[str, ...] = ("tsne", "umap")
 

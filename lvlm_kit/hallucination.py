@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from .data import AmberData, relation_vocabulary
 
 if TYPE_CHECKING:
-    from .trace import Trace
+    from .tracing import Trace
 
 _WORD = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)*")
 

@@ -6,7 +6,7 @@ position of every lens layer with the same float32 :class:`~lvlm_kit.lens.Lens`:
 (layer, patch) the top-k tokens, the probability of chosen words (every category and
 colour word, say), and the rank of a true word per patch where one is known (the testbed
 knows which object sits in each of its 36 cells). Vocabulary-sized work is done a chunk
-of patches at a time, as in :func:`~lvlm_kit.trace.trace`; ``[layers, patches, vocabulary]``
+of patches at a time, as in :func:`~lvlm_kit.tracing.trace`; ``[layers, patches, vocabulary]``
 is never held.
 """
 

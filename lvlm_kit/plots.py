@@ -22,7 +22,7 @@ from PIL import Image
 
 from .hallucination import chair
 from .stages import Stages
-from .trace import Trace
+from .tracing import Trace
 
 STAGE_COLOURS = {"rapid evolution": "#f4a582", "stabilisation": "#92c5de", "mutation": "#ca0020"}
 

@@ -1,6 +1,6 @@
 """Trace a dataset and score it: the one home of the loop over a model's images.
 
-- :func:`trace_images`: one :class:`~lvlm_kit.trace.Trace` per image (free, or teacher-forced
+- :func:`trace_images`: one :class:`~lvlm_kit.tracing.Trace` per image (free, or teacher-forced
   on another model's traces), with a progress bar. Every per-image loop of the kit, its
   notebooks and its controls goes through it.
 - :class:`Counts`: per image, what AMBER's CHAIR and Cover count, with pooled CHAIR / Cover
@@ -13,7 +13,7 @@
   skipped layers, scored image by image (claims 9-11).
 
 A folder of traces that several processes share and resume is :mod:`lvlm_kit.store`; it
-traces one item at a time with :func:`~lvlm_kit.trace.trace` and scores with the same
+traces one item at a time with :func:`~lvlm_kit.tracing.trace` and scores with the same
 :func:`~lvlm_kit.hallucination.score_generative`.
 """
 
@@ -40,7 +40,7 @@ from .hallucination import (
 )
 from .loading import LoadedModel
 from .stages import Stages, detect_stages
-from .trace import Trace, trace
+from .tracing import Trace, trace
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,7 +68,7 @@ def trace_images(
             forcing, e.g. a noise control read on the model's own words).
         desc: the progress bar's label.
         progress: show a progress bar.
-        **trace_kw: passed to :func:`~lvlm_kit.trace.trace` (``lens_norm``, ``watch``, ...).
+        **trace_kw: passed to :func:`~lvlm_kit.tracing.trace` (``lens_norm``, ``watch``, ...).
 
     Returns:
         ``[len(images)]`` traces.

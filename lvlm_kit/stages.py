@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .trace import Trace
+from .tracing import Trace
 
 
 @dataclass

@@ -50,7 +50,7 @@ from .data import Item, read_amber
 from .files import check_writable, write_json
 from .hallucination import score_discriminative, score_generative
 from .loading import LoadedModel
-from .trace import Trace, TraceFileError, trace
+from .tracing import Trace, TraceFileError, trace
 
 SETTINGS_FILE = "store.json"
 #: A claim whose heartbeat is older than this (seconds) is stale, whoever wrote it.
@@ -317,7 +317,7 @@ def trace_dataset(
         process_index: this process's rank.
         num_processes: how many processes share the items.
         progress: show a progress bar.
-        **trace_kwargs: forwarded to :func:`~lvlm_kit.trace.trace` (JSON-able values).
+        **trace_kwargs: forwarded to :func:`~lvlm_kit.tracing.trace` (JSON-able values).
 
     Returns:
         A :class:`StoreRun`.

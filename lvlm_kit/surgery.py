@@ -5,7 +5,7 @@
 - :class:`LensTap` hooks chosen lens layers and hands their states to one method; the two
   recorders below specialise it.
 - :class:`ResidualRecorder` records the residual stream at the predicting position of every
-  forward pass (what :func:`~lvlm_kit.trace.trace` decodes).
+  forward pass (what :func:`~lvlm_kit.tracing.trace` decodes).
 - :class:`LayerTap` keeps the latest last-position states of chosen layers (what
   layer-contrast decoding reads at each step).
 - :func:`skip_layers` removes decoder layers from the forward pass inside ``generate()``.

@@ -16,7 +16,7 @@ from PIL import Image
 
 from .image_lens import PatchLens
 from .plots import _depth_axis, _title, patch_heatmap
-from .trace import Trace
+from .tracing import Trace
 
 
 def topk_table(trace: Trace, step: int, k: int | None = None) -> pd.DataFrame:

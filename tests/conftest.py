@@ -13,12 +13,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lvlm_kit import LoadedModel, resolve_anatomy
+from lvlm_kit import LoadedModel
+from lvlm_kit.anatomy import resolve_anatomy
 from lvlm_kit.inputs import prepare_inputs
 from lvlm_kit.surgery import ResidualRecorder
 from lvlm_kit.testbed.model import LlavaShape, build_model, llava_processor
 from lvlm_kit.testbed.tokenizer import build_word_tokenizer
-from lvlm_kit.trace import Trace
+from lvlm_kit.tracing import Trace
 
 WORDS = (
     "a an the red blue green boat sun tree cat is are left right of above next to and , "

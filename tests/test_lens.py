@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from lvlm_kit import Lens, ResidualRecorder
+from lvlm_kit import Lens
 from lvlm_kit.inputs import prepare_inputs
+from lvlm_kit.surgery import ResidualRecorder
 
 
 def forward_with_residuals(loaded, image, prompt="Describe the image."):
@@ -83,7 +84,7 @@ def test_lens_keeps_a_biased_head(tiny_llava, image):
         biased.weight.copy_(head.weight)
         biased.bias.copy_(torch.linspace(-1, 1, head.out_features))
     loaded.model.lm_head = biased
-    from lvlm_kit import resolve_anatomy
+    from lvlm_kit.anatomy import resolve_anatomy
 
     loaded.anatomy = resolve_anatomy(loaded.model)
     residuals, logits = forward_with_residuals(loaded, image)

@@ -5,8 +5,9 @@ import torch
 from conftest import WORDS
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lvlm_kit import LoadedModel, load_model, resolve_anatomy, trace
+from lvlm_kit import LoadedModel, load_model, trace
 from lvlm_kit import quantization as quantization_mod
+from lvlm_kit.anatomy import resolve_anatomy
 from lvlm_kit.quantization import cpu_4bit_blockers, quantization_config
 from lvlm_kit.testbed.model import LlavaShape, build_model, llava_processor
 from lvlm_kit.testbed.tokenizer import build_word_tokenizer

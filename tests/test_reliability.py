@@ -13,7 +13,7 @@ import torch
 from conftest import make_tiny_llava
 from PIL import Image
 
-from lvlm_kit import Trace, TraceFileError, trace
+from lvlm_kit import Trace, trace
 from lvlm_kit import data as data_mod
 from lvlm_kit import files as files_mod
 from lvlm_kit.cli import main
@@ -23,6 +23,7 @@ from lvlm_kit.inputs import load_image
 from lvlm_kit.notebook import ParameterError, check_parameters
 from lvlm_kit.reproduce import run_notebooks
 from lvlm_kit.store import StoreError, evaluate_store, trace_dataset
+from lvlm_kit.trace_file import TraceFileError
 
 PROMPT = "Describe the image."
 

@@ -4,12 +4,13 @@ from dataclasses import fields
 import pytest
 import torch
 
-from lvlm_kit import Trace, TraceFileError, trace
+from lvlm_kit import Trace, trace
 from lvlm_kit.generation import greedy_config
 from lvlm_kit.inputs import prepare_inputs
 from lvlm_kit.lens import Lens
 from lvlm_kit.surgery import ResidualRecorder
-from lvlm_kit.trace import (
+from lvlm_kit.trace_file import TraceFileError
+from lvlm_kit.tracing import (
     _decode_prefixes,
     _decode_with_offsets,
     chunk_steps,

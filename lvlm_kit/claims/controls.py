@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..loading import LoadedModel
-from ..trace import Trace
+from ..tracing import Trace
 
 #: Added to the seed of :func:`random_control` and :func:`permuted_control`.
 CONTROL_SEED_OFFSET = 7919
@@ -175,7 +175,7 @@ def control_traces(
         order: also the layer-shuffled control (:func:`controls`).
         copies: controls already built (name -> model), instead of building them here
             (``seed`` and ``order`` are then not used): one set of copies for several calls.
-        **trace_kw: passed to :func:`~lvlm_kit.trace.trace` (``lens_norm``, ``keep_hidden``).
+        **trace_kw: passed to :func:`~lvlm_kit.tracing.trace` (``lens_norm``, ``keep_hidden``).
 
     Returns:
         Control name -> its traces, in image order.

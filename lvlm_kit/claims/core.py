@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..stages import Stages, detect_stages
-from ..trace import Trace
+from ..tracing import Trace
 from .registry import spec_of
 
 Holds = Literal["yes", "no", "inconclusive"]

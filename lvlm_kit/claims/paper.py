@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..stages import Stages, critical_split, detect_stages, token_kind
-from ..trace import Trace
+from ..tracing import Trace
 from .core import (
     SPLIT_NOTE,
     ClaimConfig,

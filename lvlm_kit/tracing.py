@@ -14,7 +14,6 @@ A Trace on disk (one safetensors file, written atomically) is enough to redo eve
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -32,20 +31,14 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from . import trace_file
 from .divergence import entropy, js_divergence, js_divergence_dola
-from .files import atomic_path
 from .generation import check_lengths, greedy_config
 from .inputs import ImageLike, prepare_inputs
 from .lens import Lens, NormPolicy, check_norm_policy
 from .loading import LoadedModel
 from .surgery import ResidualRecorder, skip_layers
-
-FORMAT = "lvlm_kit.trace/1"
-_META_KEY = "lvlm_kit.trace"
-
-
-class TraceFileError(ValueError):
-    """A trace file that is missing pieces, truncated or corrupt."""
+from .trace_file import TraceFileError
 
 
 @dataclass
@@ -157,23 +150,13 @@ class Trace:
     )
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the trace to one ``.safetensors`` file, atomically (temp file + rename)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        tensors = {
-            name: getattr(self, name).contiguous()
-            for name in self._TENSORS
-            if getattr(self, name) is not None
-        }
+        """Write the trace to one ``.safetensors`` file, atomically (:mod:`.trace_file`)."""
+        tensors = {n: getattr(self, n) for n in self._TENSORS if getattr(self, n) is not None}
         header = {
             f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._TENSORS
         }
         header["vocab"] = {str(k): v for k, v in self.vocab.items()}
-        header["format"] = FORMAT
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(header)})
-        return path
+        return trace_file.write(path, tensors, header)
 
     @staticmethod
     def read_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -182,16 +165,7 @@ class Trace:
         Raises:
             TraceFileError: not a readable trace file.
         """
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})[_META_KEY]).get("meta", {})
-        except Exception as exc:
-            raise TraceFileError(
-                f"'{path}' is not a readable lvlm_kit trace ({exc.__class__.__name__}: {exc})."
-            ) from None
-        return meta if isinstance(meta, dict) else {}
+        return trace_file.read_meta(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Trace:
@@ -199,28 +173,10 @@ class Trace:
 
         Raises:
             FileNotFoundError: no such file.
-            TraceFileError: the file is truncated, corrupt or not a trace.
+            TraceFileError: the file is truncated, corrupt, not a trace, or its fields are
+                not this class's.
         """
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"trace file not found: '{path}'")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = json.loads((f.metadata() or {})[_META_KEY])
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        except Exception as exc:
-            raise TraceFileError(
-                f"'{path}' is not a readable lvlm_kit trace (truncated or corrupt: "
-                f"{exc.__class__.__name__}: {exc}). Delete it and re-run trace(...).save()."
-            ) from None
-        if not isinstance(header, dict):
-            raise TraceFileError(
-                f"'{path}' has a damaged header (not a JSON object); re-create it."
-            )
-        if header.pop("format", None) != FORMAT:
-            raise TraceFileError(f"'{path}' was not written by this version ({FORMAT}).")
+        header, tensors = trace_file.read(path)
         names = {f.name for f in fields(cls)} - set(cls._TENSORS)
         required = {
             f.name
