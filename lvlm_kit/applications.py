@@ -128,7 +128,9 @@ def _answer(data: AmberData, queries: Sequence[dict], max_new_tokens: int, **kw)
 def stable_layers_by_js(stages: Stages) -> list[int]:
     """Decoder layers of the stabilisation stage, most stable (lowest JS into them) first."""
     # From c + 1 (their input is already stable); never the last layer, the model's output.
-    lens_layers = range(stages.critical_layer + 1, min(stages.stabilisation_end, stages.n_layers))
+    lens_layers = range(
+        stages.critical_layer + 1, min(stages.first_mutation_layer, stages.n_layers)
+    )
     ranked = sorted(lens_layers, key=lambda j: stages.js_curve[j - 1])
     return [j - 1 for j in ranked]
 
@@ -250,7 +252,7 @@ def compare_decoding(
     Returns:
         ``{variant: {"chair", "cover", "hal", "cog", ..., "responses"}}``.
     """
-    m = min(stages.stabilisation_end, stages.n_layers)  # the last layer is the model's output
+    m = min(stages.first_mutation_layer, stages.n_layers)  # the last layer is the model's output
     variants: dict[str, dict] = {"plain": {}}
     if stages.mutation_layers:
         variants["skip2"] = {"skip": skip_preset(stages, "skip2")}

@@ -69,8 +69,10 @@ class Lens:
         self.weight = _dense_weight(head).to(self.device, torch.float32)
         bias = getattr(head, "bias", None)
         self.bias = None if bias is None else bias.detach().to(self.device, torch.float32)
-        self.norm: nn.Module = copy.deepcopy(anatomy.final_norm).to(self.device, torch.float32)
-        self.norm.requires_grad_(False)
+        self.final_norm: nn.Module = copy.deepcopy(anatomy.final_norm).to(
+            self.device, torch.float32
+        )
+        self.final_norm.requires_grad_(False)
         self.n_layers = anatomy.n_layers
         self.softcap, self.logit_scale = anatomy.softcap, anatomy.logit_scale
 
@@ -101,14 +103,14 @@ class Lens:
                     f"got {tuple(hidden.shape)}; pass layer=j for states of one lens layer."
                 )
             if self.norm_policy == "final_norm":
-                return self.norm(h)
-            return torch.cat([h[..., :-1, :], self.norm(h[..., -1:, :])], dim=-2)
+                return self.final_norm(h)
+            return torch.cat([h[..., :-1, :], self.final_norm(h[..., -1:, :])], dim=-2)
         if not 0 <= layer <= self.n_layers:
             raise ValueError(f"lens layer {layer} is out of range 0..{self.n_layers}.")
-        return self.norm(h) if self._normed(layer) else h
+        return self.final_norm(h) if self._normed(layer) else h
 
     @torch.inference_mode()
-    def project(self, h: torch.Tensor) -> torch.Tensor:
+    def unembed(self, h: torch.Tensor) -> torch.Tensor:
         """The language head on :meth:`normed` states: ``[..., d]`` float32 -> ``[..., V]``.
 
         The product with the head, then the bias, logit scale and soft-cap the model applies.
@@ -136,7 +138,7 @@ class Lens:
             ``[..., V]`` (or ``[..., L+1, V]``) float32 logits; lens layer L equals the
             model's logits.
         """
-        return self.project(self.normed(hidden, layer))
+        return self.unembed(self.normed(hidden, layer))
 
     def log_probs(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """``log_softmax`` of :meth:`logits`, same shapes, float32."""

@@ -167,7 +167,7 @@ def check_head(loaded: LoadedModel, lens: Lens, n_tokens: int = 6) -> dict[str, 
     def error(product: torch.Tensor) -> float:
         return float((product - logits).abs().max()) / scale_of
 
-    errors = {"expected": error(lens.project(normed))}
+    errors = {"expected": error(lens.unembed(normed))}
     if errors["expected"] <= tol:
         return errors
     raw = normed @ lens.weight.T + (0 if lens.bias is None else lens.bias)

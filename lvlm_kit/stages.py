@@ -69,15 +69,15 @@ class Stages:
     config: StageConfig = field(default_factory=StageConfig)
 
     @property
-    def stabilisation_end(self) -> int:
-        """First layer after the stabilisation stage: the first mutation layer, else L + 1."""
+    def first_mutation_layer(self) -> int:
+        """The first mutation layer, where the stabilisation stage ends; L + 1 without one."""
         return self.mutation_layers[0] if self.mutation_layers else self.n_layers + 1
 
     def stage_of(self, layer: int) -> str:
         """Name of the stage a lens layer belongs to ("rapid evolution", ...)."""
         if layer < self.critical_layer:
             return "rapid evolution"
-        if layer >= self.stabilisation_end:
+        if layer >= self.first_mutation_layer:
             return "mutation"
         return "stabilisation"
 
@@ -223,7 +223,7 @@ def skip_preset(stages: Stages, name: str, n_last: int = 2) -> list[int]:
     elif not stages.mutation_layers:
         raise ValueError(f"{name} needs mutation layers, and none were detected in these traces.")
     elif name == "skip1":
-        layers = list(range(c, stages.stabilisation_end - 1))
+        layers = list(range(c, stages.first_mutation_layer - 1))
     else:
         layers = [m - 1 for m in stages.mutation_layers]
     if not layers:

@@ -17,9 +17,9 @@ What a store promises:
   named like an item that is not a trace of the kit is never overwritten; and
   :func:`evaluate_store` refuses a store whose traces were made with different settings
   (a killed ``--overwrite``).
-- **Concurrent runs share the work and the cores.** Before tracing an item a run claims it
-  with a ``.<id>.claim`` file that it refreshes while it works (a heartbeat); other runs
-  skip items claimed by a live process. A claim whose process is gone (or whose pid now
+- **Concurrent runs share the work and the cores.** Before tracing an item a run locks it
+  with a ``.<id>.lock`` file that it refreshes while it works (a heartbeat); other runs
+  skip items locked by a live process. A lock whose process is gone (or whose pid now
   names another process), or whose heartbeat is older than :data:`STALE_AFTER` seconds
   (another host), is taken over. Runs on one machine register in ``.run.<pid>.json`` and
   split its cores between them (``torch.set_num_threads``), as ``accelerate launch`` does.
@@ -53,9 +53,9 @@ from .loading import LoadedModel
 from .tracing import Trace, TraceFileError, trace
 
 SETTINGS_FILE = "store.json"
-#: A claim whose heartbeat is older than this (seconds) is stale, whoever wrote it.
+#: A lock whose heartbeat is older than this (seconds) is stale, whoever wrote it.
 STALE_AFTER = 600.0
-#: How often (seconds) a run refreshes the claim of the item it is tracing.
+#: How often (seconds) a run refreshes the lock of the item it is tracing.
 HEARTBEAT = 30.0
 
 
@@ -139,12 +139,12 @@ def _start_time(pid: int) -> str | None:
 
 
 def _owner() -> dict[str, Any]:
-    """What a claim or run file says about this process."""
+    """What a lock or run file says about this process."""
     return {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid())}
 
 
-def _alive(claim: Path) -> bool:
-    """Whether the process that wrote ``claim`` (a claim or run file) still holds it.
+def _alive(lock: Path) -> bool:
+    """Whether the process that wrote ``lock`` (a lock or run file) still holds it.
 
     Stale, whoever wrote it: a heartbeat (modification time) older than
     :data:`STALE_AFTER`. On this host: a process that is gone, or a pid that now names
@@ -153,13 +153,13 @@ def _alive(claim: Path) -> bool:
     alive (its writer may not have finished).
     """
     try:
-        age = time.time() - claim.stat().st_mtime
+        age = time.time() - lock.stat().st_mtime
     except OSError:
         return False
     if age > STALE_AFTER:
         return False
     try:
-        owner = json.loads(claim.read_text())
+        owner = json.loads(lock.read_text())
         pid, host = int(owner["pid"]), owner["host"]
     except (OSError, ValueError, KeyError, TypeError):
         return age < 10
@@ -198,22 +198,22 @@ class _Heartbeat:
         self.thread.join()
 
 
-def _claim(out: Path, item_id: str) -> Path | None:
-    """Claim an item for this process; None when a live process holds it."""
-    claim = out / f".{item_id}.claim"
+def _lock(out: Path, item_id: str) -> Path | None:
+    """Lock an item for this process; None when a live process holds it."""
+    lock = out / f".{item_id}.lock"
     for _ in range(2):
         try:
-            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
-            if _alive(claim):
+            if _alive(lock):
                 return None
-            claim.unlink(missing_ok=True)  # left by a dead or stale process
+            lock.unlink(missing_ok=True)  # left by a dead or stale process
             continue
         with os.fdopen(fd, "w") as f:
             json.dump(_owner(), f)
         for stale in out.glob(f".{item_id}.safetensors.*.tmp"):  # a dead writer's temp file
             stale.unlink(missing_ok=True)
-        return claim
+        return lock
     return None
 
 
@@ -276,7 +276,7 @@ class StoreRun:
 
     written: list[Path] = field(default_factory=list)  # traces written by this call
     done: int = 0  # items already finished with the same settings
-    elsewhere: list[str] = field(default_factory=list)  # items claimed by another live run
+    elsewhere: list[str] = field(default_factory=list)  # items locked by another live run
     failed: dict[str, str] = field(default_factory=dict)  # item id -> error (keep_going)
 
     def summary(self) -> str:
@@ -336,8 +336,8 @@ def trace_dataset(
     recorded = False
     for tmp in out.glob(".*.safetensors.*.tmp"):  # temp files of dead writers only
         item_id = tmp.name[1:].split(".safetensors.")[0]
-        claim = out / f".{item_id}.claim"
-        if not (claim.exists() and _alive(claim)):
+        lock = out / f".{item_id}.lock"
+        if not (lock.exists() and _alive(lock)):
             tmp.unlink(missing_ok=True)
     run = StoreRun()
     mine = list(items)[process_index::num_processes]
@@ -395,14 +395,14 @@ def _trace_item(
     if _done(path, key):
         run.done += 1
         return recorded
-    claim = _claim(out, item.id)
-    if claim is None:
+    lock = _lock(out, item.id)
+    if lock is None:
         run.elsewhere.append(item.id)
         return recorded
     try:
         os.utime(run_file)
         torch.set_num_threads(_share_cores(out, run_file, threads))
-        with _Heartbeat(claim, run_file):
+        with _Heartbeat(lock, run_file):
             tr = trace(loaded, item.image, item.prompt, max_new_tokens, **trace_kwargs)
         tr.meta.update(
             item_id=item.id,
@@ -422,7 +422,7 @@ def _trace_item(
         run.failed[item.id] = message
         write_json(error, {"id": item.id, "image": str(item.image), "error": message})
     finally:
-        claim.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)
     return recorded
 
 

@@ -344,7 +344,7 @@ class StepReducer:
         """
         with record_function("lvlm_kit.lens"):
             h = self.lens.normed(residuals).transpose(0, 1).contiguous()  # [L+1, c, d]
-            logits = self.lens.project(h)  # [L+1, c, V]
+            logits = self.lens.unembed(h)  # [L+1, c, V]
         emitted = token_ids.to(self.lens.device)[:, None]  # [c, 1]
         rows: dict[str, list[torch.Tensor]] = {}
         prev: tuple[torch.Tensor, torch.Tensor] | None = None

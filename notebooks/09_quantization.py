@@ -129,7 +129,7 @@ for name, c in {**comparisons, "permuted weights": control}.items():
             "worst-layer lens KL (nats)": c.lens_kl.mean(0).max(),
             "JS curve correlation": c.js_correlation.mean(),
             "critical layer": c.other.stages.critical_layer,
-            "first mutation layer": c.other.stages.stabilisation_end,
+            "first mutation layer": c.other.stages.first_mutation_layer,
             "CHAIR": c.other.chair,
             "Cover": c.other.cover,
         }
@@ -143,7 +143,7 @@ summary = pd.DataFrame(
             "worst-layer lens KL (nats)": 0.0,
             "JS curve correlation": 1.0,
             "critical layer": reference.stages.critical_layer,
-            "first mutation layer": reference.stages.stabilisation_end,
+            "first mutation layer": reference.stages.first_mutation_layer,
             "CHAIR": reference.chair,
             "Cover": reference.cover,
         },
@@ -206,8 +206,8 @@ for q, c in comparisons.items():
     print(
         f"{q}: JS-curve correlation {c.js_correlation.mean():.3f}; critical layer "
         f"{c.other.stages.critical_layer} (full {reference.stages.critical_layer}), first "
-        f"mutation layer {c.other.stages.stabilisation_end} (full "
-        f"{reference.stages.stabilisation_end})"
+        f"mutation layer {c.other.stages.first_mutation_layer} (full "
+        f"{reference.stages.first_mutation_layer})"
     )
 
 # %% [markdown]

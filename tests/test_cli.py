@@ -62,7 +62,7 @@ def test_kill_9_then_resume(saved_llava, amber, tmp_path):
     done_before = {p.name for p in store.glob("*.safetensors")}
     assert 1 <= len(done_before) < 6
     subprocess.run(args, env=ENV, check=True, capture_output=True, timeout=300)
-    names = sorted(p.name for p in store.iterdir())  # no claim or temp file is left
+    names = sorted(p.name for p in store.iterdir())  # no lock or temp file is left
     assert names == [f"{i}.safetensors" for i in range(1, 7)] + ["store.json"]
     for p in store.glob("*.safetensors"):
         assert Trace.load(p).n_tokens >= 1

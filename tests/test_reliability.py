@@ -306,10 +306,10 @@ def test_a_corrupt_image_is_recorded_and_the_rest_traced(tmp_path, saved_llava):
     Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(pics / "b.png")  # fixed
     assert main([*args, "--keep-going"]) == 0
     assert not (out / "b.png.error.json").exists() and (out / "b.png.safetensors").is_file()
-    assert not list(out.glob(".*"))  # no claim or temp file left
+    assert not list(out.glob(".*"))  # no lock or temp file left
 
 
-def test_claims_of_live_runs_are_respected_and_dead_ones_taken_over(tmp_path, tiny_llava):
+def test_locks_of_live_runs_are_respected_and_dead_ones_taken_over(tmp_path, tiny_llava):
     pics = tmp_path / "pics"
     pics.mkdir()
     for name in ("a.png", "b.png"):
@@ -327,22 +327,22 @@ def test_claims_of_live_runs_are_respected_and_dead_ones_taken_over(tmp_path, ti
     host = socket.gethostname()
     try:
         owner = {"pid": live.pid, "host": host, "start": store_mod._start_time(live.pid)}
-        (out / ".a.png.claim").write_text(json.dumps(owner))
+        (out / ".a.png.lock").write_text(json.dumps(owner))
         (out / ".a.png.safetensors.x1.tmp").write_bytes(b"being written")  # the live writer's
-        (out / ".b.png.claim").write_text(json.dumps({"pid": int(dead), "host": host}))
+        (out / ".b.png.lock").write_text(json.dumps({"pid": int(dead), "host": host}))
         (out / ".b.png.safetensors.x2.tmp").write_bytes(b"left by a dead run")
         run = trace_dataset(tiny_llava, dataset_items(pics, PROMPT), out, 2, progress=False)
         assert run.elsewhere == ["a.png"] and [p.name for p in run.written] == ["b.png.safetensors"]
-        assert (out / ".a.png.safetensors.x1.tmp").exists() and (out / ".a.png.claim").exists()
+        assert (out / ".a.png.safetensors.x1.tmp").exists() and (out / ".a.png.lock").exists()
         assert not (out / ".b.png.safetensors.x2.tmp").exists()
-        assert not (out / ".b.png.claim").exists()
+        assert not (out / ".b.png.lock").exists()
         assert "1 in progress in another run" in run.summary()
     finally:
         live.kill()
         live.wait()
 
 
-def test_claims_that_never_expire_are_taken_over(tmp_path, tiny_llava):
+def test_locks_that_never_expire_are_taken_over(tmp_path, tiny_llava):
     import socket
 
     from lvlm_kit import store as store_mod
@@ -356,20 +356,20 @@ def test_claims_that_never_expire_are_taken_over(tmp_path, tiny_llava):
     host = socket.gethostname()
     old = time_now() - store_mod.STALE_AFTER - 60
     claims = {
-        "a.png": {"pid": 1, "host": host, "start": "0"},  # pid 1 runs, but not this claim's
+        "a.png": {"pid": 1, "host": host, "start": "0"},  # pid 1 runs, but not this lock's
         "b.png": {"pid": os.getpid(), "host": host, "start": "12"},  # a reused pid
         "c.png": {"pid": 4242, "host": "elsewhere"},  # another host, no heartbeat for long
         "d.png": {"pid": 4242, "host": "elsewhere"},  # another host, fresh: respected
     }
     for name, owner in claims.items():
-        (out / f".{name}.claim").write_text(json.dumps(owner))
-    os.utime(out / ".c.png.claim", (old, old))
+        (out / f".{name}.lock").write_text(json.dumps(owner))
+    os.utime(out / ".c.png.lock", (old, old))
     run = trace_dataset(tiny_llava, dataset_items(pics, PROMPT), out, 2, progress=False)
     assert sorted(p.name for p in run.written) == [f"{n}.png.safetensors" for n in "abc"]
-    assert run.elsewhere == ["d.png"] and (out / ".d.png.claim").exists()
+    assert run.elsewhere == ["d.png"] and (out / ".d.png.lock").exists()
     out2 = tmp_path / "store2"
     out2.mkdir()
-    (out2 / ".d.png.claim").write_text(json.dumps(claims["d.png"]))
+    (out2 / ".d.png.lock").write_text(json.dumps(claims["d.png"]))
     rc = main(
         [
             "trace",

@@ -137,7 +137,7 @@ def quant_stages_kept(
             return float(
                 max(
                     abs(a.critical_layer - b.critical_layer),
-                    abs(a.stabilisation_end - b.stabilisation_end),
+                    abs(a.first_mutation_layer - b.first_mutation_layer),
                 )
             )
 
@@ -146,7 +146,7 @@ def quant_stages_kept(
     ref, other = model.reference.stages, model.other.stages
     note = (
         f"critical layer {ref.critical_layer} -> {other.critical_layer}, first mutation "
-        f"layer {ref.stabilisation_end} -> {other.stabilisation_end}"
+        f"layer {ref.first_mutation_layer} -> {other.first_mutation_layer}"
     )
     return _variant(
         claim(

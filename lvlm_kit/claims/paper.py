@@ -327,7 +327,7 @@ def three_stages(
         out = []
         for group in groups:
             st = detect_stages(group, ts.stages.config)
-            stable = st.stabilisation_end > st.critical_layer + 1
+            stable = st.first_mutation_layer > st.critical_layer + 1
             out.append(st.has_split and bool(st.mutation_layers) and stable)
         return out
 
