@@ -7,7 +7,7 @@ a real model. Data sources are in :mod:`lvlm_kit.data`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -124,13 +124,14 @@ def output_root() -> Path:
     return REPO_ROOT / "outputs" if in_checkout else Path.cwd() / "outputs"
 
 
-def start(name: str, **parameters: Any) -> tuple[Path, LoadedModel]:
+def start(name: str, scope: Mapping[str, Any]) -> tuple[Path, LoadedModel]:
     """A notebook's first step: check its parameters, make its output folder, load the model.
 
     Args:
         name: the notebook's name, e.g. ``"03_js_divergence"``.
-        **parameters: the notebook's parameters by their names in the parameters cell
-            (``MODEL``, ``QUANTIZATION``, ``DEVICE``, ``DTYPE``, ..., ``OUTPUT_DIR``).
+        scope: the notebook's namespace (``globals()``, after papermill's injected
+            parameters): every parameter of :data:`RULES` defined there (``MODEL``,
+            ``QUANTIZATION``, ``DEVICE``, ``DTYPE``, ..., ``OUTPUT_DIR``) is checked and used.
 
     Returns:
         ``(output folder, loaded model)``: the folder is ``OUTPUT_DIR``, or
@@ -139,6 +140,7 @@ def start(name: str, **parameters: Any) -> tuple[Path, LoadedModel]:
     Raises:
         ParameterError: a parameter the notebook cannot use (before the model loads).
     """
+    parameters = {k: scope[k] for k in RULES if k in scope}
     check_parameters(parameters)
     if parameters.get("LLM_MODEL") == "auto":
         llm_model(parameters["MODEL"], "auto")  # an unknown base LLM stops before any load

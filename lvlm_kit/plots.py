@@ -20,6 +20,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from .claims.core import bootstrap_band
 from .hallucination import chair
 from .stages import Stages
 from .tracing import Trace
@@ -85,14 +86,9 @@ def probability_curve(traces: Sequence[Trace], stages: Stages) -> plt.Figure:
     and the mutation layers are drawn as labelled lines.
     """
     probs = [t.token_prob.double().numpy() for t in traces]  # per image [tokens, L+1]
-    rng = np.random.default_rng(0)
-    means = np.stack(
-        [
-            np.concatenate([probs[i] for i in rng.integers(0, len(probs), len(probs))]).mean(0)
-            for _ in range(500)
-        ]
+    low, high = bootstrap_band(
+        len(probs), lambda idx: np.concatenate([probs[i] for i in idx]).mean(0)
     )
-    low, high = np.percentile(means, [2.5, 97.5], axis=0)
     x = np.arange(stages.n_layers + 1)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(x, np.concatenate(probs).mean(0), "k-o", ms=3, label="mean p(emitted token)")
@@ -159,9 +155,7 @@ def js_heatmap(trace: Trace, max_tokens: int = 24, stages: Stages | None = None)
 def _js_mean_band(traces: Sequence[Trace]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean adjacent-layer JS over all tokens of ``traces`` and its 95% bootstrap band."""
     js = np.concatenate([t.js.double().numpy() for t in traces])  # [tokens, L]
-    rng = np.random.default_rng(0)
-    means = np.stack([js[rng.integers(0, len(js), len(js))].mean(0) for _ in range(500)])
-    low, high = np.percentile(means, [2.5, 97.5], axis=0)
+    low, high = bootstrap_band(len(js), lambda idx: js[idx].mean(0))
     return js.mean(0), low, high
 
 

@@ -246,3 +246,59 @@ def token_kind(token: str) -> str:
     if not word or not any(ch.isalpha() for ch in word) or word.startswith("<"):
         return "function"
     return "function" if word in FUNCTION_WORDS else "content"
+
+
+# ---- summaries of traces by layer and token kind -----------------------------------------
+
+
+def probability_profile(traces: Sequence[Trace], stages: Stages) -> dict[str, float]:
+    """The emitted token's mean probability around the critical layer (the paper's Fig. 2).
+
+    Returns:
+        ``{"shallow", "deep", "last", "steepest"}``: mean p(emitted) over every token in lens
+        layers ``0..c-1``, in ``c..L`` and at ``L``; and the lens layer into which the mean
+        probability rises most.
+    """
+    probs = torch.cat([t.token_prob for t in traces])  # [tokens, L+1]
+    c = stages.critical_layer
+    return {
+        "shallow": float(probs[:, :c].mean()),
+        "deep": float(probs[:, c:].mean()),
+        "last": float(probs[:, -1].mean()),
+        "steepest": int((probs[:, 1:] - probs[:, :-1]).mean(0).argmax()) + 1,
+    }
+
+
+def switches_by_kind(traces: Sequence[Trace], critical_layer: int) -> dict[str, float]:
+    """Mean top-1 switches per token between consecutive layers after ``critical_layer``.
+
+    Returns:
+        ``{"function": ..., "content": ...}`` (:func:`token_kind`), a kind with no token
+        left out.
+    """
+    kinds = [token_kind(tok) for t in traces for tok in t.tokens]
+    top1 = torch.cat([t.topk_ids[:, :, 0] for t in traces])  # [tokens, L+1]
+    c = critical_layer
+    switches = (top1[:, c + 1 :] != top1[:, c:-1]).sum(1).float()
+    return {
+        k: float(switches[[i for i, x in enumerate(kinds) if x == k]].mean())
+        for k in ("function", "content")
+        if k in kinds
+    }
+
+
+def share_by_kind(traces: Sequence[Trace], per_token: Sequence[Sequence[int]]) -> dict[str, float]:
+    """Share of the tokens of each kind with at least one event in ``per_token``.
+
+    Args:
+        traces: the traces whose tokens ``per_token`` lists, in order.
+        per_token: ``[tokens]`` per-token event layers, e.g. ``Stages.token_mutations``.
+
+    Returns:
+        ``{"function": ..., "content": ...}`` (0 for a kind with no token).
+    """
+    kinds = [token_kind(tok) for t in traces for tok in t.tokens]
+    return {
+        k: sum(bool(e) for e, x in zip(per_token, kinds) if x == k) / max(kinds.count(k), 1)
+        for k in ("function", "content")
+    }

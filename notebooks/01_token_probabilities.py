@@ -58,24 +58,9 @@ OUTPUT_DIR = None  # None: outputs/<notebook> in the repository, else ./outputs/
 # %%
 import math
 
-import torch
+from lvlm_kit import claims, data, notebook, plots, runs, stages
 
-from lvlm_kit import claims, data, notebook, plots, trace
-
-OUTPUT_DIR, lm = notebook.start(
-    "01_token_probabilities",
-    MODEL=MODEL,
-    QUANTIZATION=QUANTIZATION,
-    DEVICE=DEVICE,
-    DTYPE=DTYPE,
-    LENS_NORM=LENS_NORM,
-    DATA=DATA,
-    PROMPT=PROMPT,
-    MAX_NEW_TOKENS=MAX_NEW_TOKENS,
-    N_IMAGES=N_IMAGES,
-    SEED=SEED,
-    OUTPUT_DIR=OUTPUT_DIR,
-)
+OUTPUT_DIR, lm = notebook.start("01_token_probabilities", globals())
 items = data.resolve_data(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 
 
@@ -95,15 +80,11 @@ items = data.resolve_data(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 # below against.
 
 # %%
-import pandas as pd
-from tqdm.auto import tqdm
-
 from lvlm_kit.stages import detect_stages, token_kind
 
-traces = [
-    trace(lm, it.image, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM)
-    for it in tqdm(items, desc="trace")
-]
+traces = runs.trace_images(
+    lm, [it.image for it in items], PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM
+)
 st = detect_stages(traces)
 print(traces[0].generated_text)
 
@@ -140,17 +121,16 @@ print(
 # the critical layer.
 
 # %%
-probs = torch.cat([t.token_prob for t in traces])  # [tokens, L+1]
+profile = stages.probability_profile(traces, st)
 c = st.critical_layer
-shallow_p, deep_p = float(probs[:, :c].mean()), float(probs[:, c:].mean())
-steepest = int((probs[:, 1:] - probs[:, :-1]).mean(0).argmax()) + 1
+shallow_p, deep_p, steepest = profile["shallow"], profile["deep"], profile["steepest"]
 print(
     f"mean p(emitted) in layers 0..{c - 1}: {shallow_p:.3f}; in layers {c}..{st.n_layers}: "
     f"{deep_p:.3f}; steepest mean rise into layer {steepest}; median per-token critical "
     f"layer {st.summary()['median_token_critical']:.0f} of {st.n_layers}"
 )
 notebook.show(plots.probability_curve(traces, st), OUTPUT_DIR, "fig2_mean_probability")
-share = shallow_p / float(probs[:, -1].mean())
+share = shallow_p / profile["last"]
 near_zero = claims.ClaimConfig().near_zero_share
 where = "at" if abs(steepest - c) <= 1 else "after" if steepest > c else "before"
 print(
@@ -176,14 +156,7 @@ print(
 # tokens.
 
 # %%
-kinds = [token_kind(tok) for t in traces for tok in t.tokens]
-top1 = torch.cat([t.topk_ids[:, :, 0] for t in traces])  # [tokens, L+1] top-1 id per layer
-switches = (top1[:, c + 1 :] != top1[:, c:-1]).sum(1).float()
-by_kind = {
-    k: float(switches[[i for i, x in enumerate(kinds) if x == k]].mean())
-    for k in ("function", "content")
-    if k in kinds
-}
+by_kind = stages.switches_by_kind(traces, c)
 step = next((i for i, tok in enumerate(traces[0].tokens) if token_kind(tok) == "content"), 0)
 notebook.show(plots.candidate_trajectories(traces[0], step), OUTPUT_DIR, "fig2_candidates")
 print(f"top-1 switches after the critical layer, per token: {by_kind}")
@@ -246,7 +219,7 @@ verdicts = notebook.record_claims(results, OUTPUT_DIR)
 # %%
 metrics = notebook.record(
     {
-        "n_tokens": int(probs.shape[0]),
+        "n_tokens": sum(t.n_tokens for t in traces),
         "n_layers": st.n_layers,
         "critical_layer": c,
         "mean_p_shallow": shallow_p,

@@ -60,20 +60,7 @@ import torch
 
 from lvlm_kit import data, notebook, plots, trace
 
-OUTPUT_DIR, lm = notebook.start(
-    "02_hallucination_trajectories",
-    MODEL=MODEL,
-    QUANTIZATION=QUANTIZATION,
-    DEVICE=DEVICE,
-    DTYPE=DTYPE,
-    LENS_NORM=LENS_NORM,
-    DATA=DATA,
-    PROMPT=PROMPT,
-    MAX_NEW_TOKENS=MAX_NEW_TOKENS,
-    N_IMAGES=N_IMAGES,
-    SEED=SEED,
-    OUTPUT_DIR=OUTPUT_DIR,
-)
+OUTPUT_DIR, lm = notebook.start("02_hallucination_trajectories", globals())
 
 
 # %% [markdown]

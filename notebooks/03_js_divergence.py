@@ -58,22 +58,9 @@ OUTPUT_DIR = None  # None: outputs/<notebook> in the repository, else ./outputs/
 # %%
 import torch
 
-from lvlm_kit import claims, data, notebook, plots, trace
+from lvlm_kit import claims, data, notebook, plots, runs, stages
 
-OUTPUT_DIR, lm = notebook.start(
-    "03_js_divergence",
-    MODEL=MODEL,
-    QUANTIZATION=QUANTIZATION,
-    DEVICE=DEVICE,
-    DTYPE=DTYPE,
-    LENS_NORM=LENS_NORM,
-    DATA=DATA,
-    PROMPT=PROMPT,
-    MAX_NEW_TOKENS=MAX_NEW_TOKENS,
-    N_IMAGES=N_IMAGES,
-    SEED=SEED,
-    OUTPUT_DIR=OUTPUT_DIR,
-)
+OUTPUT_DIR, lm = notebook.start("03_js_divergence", globals())
 items = data.resolve_data(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 
 
@@ -94,14 +81,12 @@ items = data.resolve_data(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 
 # %%
 import pandas as pd
-from tqdm.auto import tqdm
 
-from lvlm_kit.stages import detect_stages, token_kind
+from lvlm_kit.stages import detect_stages
 
-traces = [
-    trace(lm, it.image, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM, dola_compat=True)
-    for it in tqdm(items, desc="trace")
-]
+traces = runs.trace_images(
+    lm, [it.image for it in items], PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM, dola_compat=True
+)
 st = detect_stages(traces)
 pd.Series(st.summary())
 
@@ -150,15 +135,8 @@ print(
 # **What to look for:** a higher share for content tokens than for function tokens.
 
 # %%
-kinds = [token_kind(tok) for t in traces for tok in t.tokens]
-mutation_share = {
-    k: sum(bool(m) for m, x in zip(st.token_mutations, kinds) if x == k) / max(kinds.count(k), 1)
-    for k in ("function", "content")
-}
-rise_share = {
-    k: sum(bool(r) for r, x in zip(st.token_rises, kinds) if x == k) / max(kinds.count(k), 1)
-    for k in ("function", "content")
-}
+mutation_share = stages.share_by_kind(traces, st.token_mutations)
+rise_share = stages.share_by_kind(traces, st.token_rises)
 print(
     "share of tokens with a deep-layer mutation (a JS event): "
     + ", ".join(f"{k} {v:.2f}" for k, v in mutation_share.items())

@@ -61,20 +61,7 @@ import torch
 
 from lvlm_kit import data, notebook, plots
 
-OUTPUT_DIR, lm = notebook.start(
-    "04_skip_connections",
-    MODEL=MODEL,
-    QUANTIZATION=QUANTIZATION,
-    DEVICE=DEVICE,
-    DTYPE=DTYPE,
-    LENS_NORM=LENS_NORM,
-    DATA=DATA,
-    PROMPT=PROMPT,
-    MAX_NEW_TOKENS=MAX_NEW_TOKENS,
-    N_IMAGES=N_IMAGES,
-    SEED=SEED,
-    OUTPUT_DIR=OUTPUT_DIR,
-)
+OUTPUT_DIR, lm = notebook.start("04_skip_connections", globals())
 
 # %% [markdown]
 # ## 1. Detect the stages on half of the images

@@ -60,24 +60,9 @@ IMAGES_PER_QUESTION = 12
 # %%
 import torch
 
-from lvlm_kit import data, notebook, plots, trace
+from lvlm_kit import data, notebook, plots, runs
 
-OUTPUT_DIR, lm = notebook.start(
-    "06_features_vqa",
-    MODEL=MODEL,
-    QUANTIZATION=QUANTIZATION,
-    DEVICE=DEVICE,
-    DTYPE=DTYPE,
-    LENS_NORM=LENS_NORM,
-    DATA=DATA,
-    PROMPT=PROMPT,
-    MAX_NEW_TOKENS=MAX_NEW_TOKENS,
-    N_IMAGES=N_IMAGES,
-    SEED=SEED,
-    OUTPUT_DIR=OUTPUT_DIR,
-    QUESTION_OBJECTS=QUESTION_OBJECTS,
-    IMAGES_PER_QUESTION=IMAGES_PER_QUESTION,
-)
+OUTPUT_DIR, lm = notebook.start("06_features_vqa", globals())
 
 
 # %% [markdown]
@@ -94,17 +79,19 @@ OUTPUT_DIR, lm = notebook.start(
 
 # %%
 import pandas as pd
-from tqdm.auto import tqdm
-
 from lvlm_kit.stages import detect_stages, token_kind
 
 from lvlm_kit.features import answer_features, group_items, project, spread_by_layer
 
 vqa = data.vqa_items(DATA, OUTPUT_DIR, QUESTION_OBJECTS, IMAGES_PER_QUESTION, SEED)
-traces = [
-    trace(lm, v["image"], v["question"], MAX_NEW_TOKENS, lens_norm=LENS_NORM, keep_hidden=True)
-    for v in tqdm(vqa, desc="trace")
-]
+traces = runs.trace_images(
+    lm,
+    [v["image"] for v in vqa],
+    [v["question"] for v in vqa],
+    MAX_NEW_TOKENS,
+    lens_norm=LENS_NORM,
+    keep_hidden=True,
+)
 answers = [t.tokens[0].strip() for t in traces]
 accuracy = sum(a == v.get("answer") for a, v in zip(answers, vqa)) / len(vqa)
 print(f"{len(vqa)} questions, answer accuracy {accuracy:.2f}")

@@ -69,24 +69,9 @@ LLM_PROMPTS = [
 # %%
 import torch
 
-from lvlm_kit import data, notebook, plots, trace
+from lvlm_kit import data, notebook, plots, runs
 
-OUTPUT_DIR, lm = notebook.start(
-    "07_lvlm_vs_llm",
-    MODEL=MODEL,
-    QUANTIZATION=QUANTIZATION,
-    DEVICE=DEVICE,
-    DTYPE=DTYPE,
-    LENS_NORM=LENS_NORM,
-    DATA=DATA,
-    PROMPT=PROMPT,
-    MAX_NEW_TOKENS=MAX_NEW_TOKENS,
-    N_IMAGES=N_IMAGES,
-    SEED=SEED,
-    OUTPUT_DIR=OUTPUT_DIR,
-    LLM_MODEL=LLM_MODEL,
-    LLM_PROMPTS=LLM_PROMPTS,
-)
+OUTPUT_DIR, lm = notebook.start("07_lvlm_vs_llm", globals())
 LLM_MODEL = notebook.llm_model(MODEL, LLM_MODEL)
 print(f"base LLM: {LLM_MODEL or 'the LVLM itself, without an image'}")
 items = data.resolve_data(DATA, OUTPUT_DIR, N_IMAGES, SEED)
@@ -107,18 +92,15 @@ items = data.resolve_data(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 
 # %%
 import pandas as pd
-from tqdm.auto import tqdm
-
 from lvlm_kit.stages import detect_stages, token_kind
 
-lvlm_traces = [
-    trace(lm, it.image, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM)
-    for it in tqdm(items, desc="LVLM")
-]
+lvlm_traces = runs.trace_images(
+    lm, [it.image for it in items], PROMPT, MAX_NEW_TOKENS, desc="LVLM", lens_norm=LENS_NORM
+)
 llm = lm if LLM_MODEL is None else notebook.load(LLM_MODEL, QUANTIZATION, DEVICE, DTYPE)
-llm_traces = [
-    trace(llm, None, p, MAX_NEW_TOKENS, lens_norm=LENS_NORM) for p in tqdm(LLM_PROMPTS, desc="LLM")
-]
+llm_traces = runs.trace_images(
+    llm, [None] * len(LLM_PROMPTS), LLM_PROMPTS, MAX_NEW_TOKENS, desc="LLM", lens_norm=LENS_NORM
+)
 st_lvlm, st_llm = detect_stages(lvlm_traces), detect_stages(llm_traces)
 pd.DataFrame({"LVLM": st_lvlm.summary(), "LLM": st_llm.summary()})
 

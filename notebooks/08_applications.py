@@ -62,24 +62,9 @@ import math
 
 import torch
 
-from lvlm_kit import data, notebook, plots, trace
+from lvlm_kit import data, notebook, plots, runs
 
-OUTPUT_DIR, lm = notebook.start(
-    "08_applications",
-    MODEL=MODEL,
-    QUANTIZATION=QUANTIZATION,
-    DEVICE=DEVICE,
-    DTYPE=DTYPE,
-    LENS_NORM=LENS_NORM,
-    DATA=DATA,
-    PROMPT=PROMPT,
-    MAX_NEW_TOKENS=MAX_NEW_TOKENS,
-    N_IMAGES=N_IMAGES,
-    SEED=SEED,
-    OUTPUT_DIR=OUTPUT_DIR,
-    N_STAGE_IMAGES=N_STAGE_IMAGES,
-    SKIP_KS=SKIP_KS,
-)
+OUTPUT_DIR, lm = notebook.start("08_applications", globals())
 
 
 # %% [markdown]
@@ -96,18 +81,14 @@ OUTPUT_DIR, lm = notebook.start(
 import dataclasses
 
 import pandas as pd
-from tqdm.auto import tqdm
-
 from lvlm_kit.stages import detect_stages, token_kind
 
 from lvlm_kit.applications import compare_decoding, compression_sweep, stable_layers_by_js
 
 amber = data.resolve_amber(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 questions = data.resolve_amber(DATA, OUTPUT_DIR, N_IMAGES, SEED, queries="discriminative")
-stage_traces = [
-    trace(lm, amber.image_path(q), PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM)
-    for q in tqdm(amber.queries[:N_STAGE_IMAGES], desc="trace")
-]
+stage_images = [amber.image_path(q) for q in amber.queries[:N_STAGE_IMAGES]]
+stage_traces = runs.trace_images(lm, stage_images, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM)
 st = detect_stages(stage_traces)
 judged = dataclasses.replace(amber, queries=amber.queries[N_STAGE_IMAGES:])
 judged_images = {q["image"] for q in judged.queries}

@@ -63,21 +63,7 @@ import pandas as pd
 
 from lvlm_kit import claims, compare, data, notebook, plots, runs
 
-OUTPUT_DIR, lm = notebook.start(
-    "09_quantization",
-    MODEL=MODEL,
-    QUANTIZATION=QUANTIZATION,
-    DEVICE=DEVICE,
-    DTYPE=DTYPE,
-    LENS_NORM=LENS_NORM,
-    DATA=DATA,
-    PROMPT=PROMPT,
-    MAX_NEW_TOKENS=MAX_NEW_TOKENS,
-    N_IMAGES=N_IMAGES,
-    SEED=SEED,
-    OUTPUT_DIR=OUTPUT_DIR,
-    VARIANTS=VARIANTS,
-)
+OUTPUT_DIR, lm = notebook.start("09_quantization", globals())
 amber = data.resolve_amber(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 
 # %% [markdown]

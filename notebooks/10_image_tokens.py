@@ -61,23 +61,9 @@ import math
 import numpy as np
 import torch
 
-from lvlm_kit import claims, data, notebook, plots, trace
+from lvlm_kit import claims, data, notebook, plots, runs
 
-OUTPUT_DIR, lm = notebook.start(
-    "10_image_tokens",
-    MODEL=MODEL,
-    QUANTIZATION=QUANTIZATION,
-    DEVICE=DEVICE,
-    DTYPE=DTYPE,
-    LENS_NORM=LENS_NORM,
-    DATA=DATA,
-    PROMPT=PROMPT,
-    MAX_NEW_TOKENS=MAX_NEW_TOKENS,
-    N_IMAGES=N_IMAGES,
-    SEED=SEED,
-    OUTPUT_DIR=OUTPUT_DIR,
-    N_PROBE_IMAGES=N_PROBE_IMAGES,
-)
+OUTPUT_DIR, lm = notebook.start("10_image_tokens", globals())
 amber = data.resolve_amber(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 cells = data.cell_truth(amber)  # per image, per cell: (category, colour) or None
 
@@ -172,14 +158,13 @@ print(
 # %%
 from lvlm_kit.stages import detect_stages
 
-traces = [trace(lm, im, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM) for im in images]
+traces = runs.trace_images(lm, images, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM)
 critical = detect_stages(traces).critical_layer
 rng = np.random.default_rng(SEED)
 model_acc = accuracy["model"]["category"]
-boot = np.stack(
-    [np.nanmean(model_acc[rng.integers(0, len(model_acc), len(model_acc))], 0) for _ in range(500)]
+low, _ = claims.bootstrap_band(
+    len(model_acc), lambda idx: np.nanmean(model_acc[idx], 0), 500, rng, ignore_nan=True
 )
-low = np.nanpercentile(boot, 2.5, axis=0)
 above = [j for j in range(len(low)) if low[j] > chance["category"]]
 decodable = above[0] if above else None
 print(
@@ -269,10 +254,9 @@ notebook.show(
     "prior_fish",
 )
 difference = near - elsewhere  # [boat scenes, L+1]
-boot = np.stack(
-    [difference[rng.integers(0, len(difference), len(difference))].mean(0) for _ in range(1000)]
+d_low, d_high = claims.bootstrap_band(
+    len(difference), lambda idx: difference[idx].mean(0), 1000, rng
 )
-d_low, d_high = np.percentile(boot, [2.5, 97.5], axis=0)
 higher = [j for j in range(len(d_low)) if d_low[j] > 0]
 print(
     f"{len(with_boat)} boat scenes, {len(without)} without: p('fish') next to the boat minus "

@@ -78,4 +78,4 @@ def test_the_paper_models_preset_brings_its_base_llm(monkeypatch):
         LLM_MODEL="auto",
     )
     with pytest.raises(ParameterError, match="LLM_MODEL='auto'.*'org/other-lvlm' is not known"):
-        notebook.start("07_lvlm_vs_llm", **params)
+        notebook.start("07_lvlm_vs_llm", params)

@@ -8,6 +8,8 @@ import jupytext
 import nbformat
 import pytest
 
+from lvlm_kit.notebook import RULES
+
 HERE = Path(__file__).parent.parent / "notebooks"
 NOTEBOOKS = sorted(HERE.glob("[0-9][0-9]_*.ipynb"))
 REQUIRED = [
@@ -76,7 +78,8 @@ def test_notebook_follows_the_template(path):
         for n in ast.walk(ast.parse(start))
         if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "start"
     )
-    assert [k.arg for k in call.keywords] == names
+    assert ast.unparse(call.args[1]) == "globals()"  # it reads every parameter by its name
+    assert set(names) <= set(RULES), "every parameter has a rule in lvlm_kit.notebook.RULES"
     assert "notebook.record(" in cells[-1].source
     for cell in cells:
         if cell.cell_type == "code":

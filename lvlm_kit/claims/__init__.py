@@ -56,6 +56,7 @@ from .core import (
     ClaimResult,
     Estimate,
     TraceSet,
+    bootstrap_band,
     claim,
     control_text,
     decide,
@@ -108,6 +109,7 @@ from .registry import (
 )
 
 __all__ = [
+    "bootstrap_band",
     "CONTROL_KINDS",
     "CONTROL_SEED_OFFSET",
     "ClaimConfig",
