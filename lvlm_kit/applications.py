@@ -152,6 +152,11 @@ class SweepPoint:
     ideal_speedup: float  # L / (L - k), decoder compute only
 
 
+def sweep_table(points: Sequence[SweepPoint]) -> list[dict]:
+    """The sweep as JSON-ready rows (every field but the per-image existence answers)."""
+    return [{k: v for k, v in vars(p).items() if k != "existence_correct"} for p in points]
+
+
 def compression_sweep(
     loaded: LoadedModel,
     generative: AmberData,
@@ -279,3 +284,11 @@ def compare_decoding(
         if "skip" in kw:
             results[name]["skipped"] = kw["skip"]
     return results
+
+
+def decoding_table(results: dict[str, dict]) -> dict[str, dict]:
+    """Per variant, :func:`compare_decoding`'s metrics without the responses and counts."""
+    return {
+        name: {m: v for m, v in r.items() if m not in ("responses", "per_image")}
+        for name, r in results.items()
+    }

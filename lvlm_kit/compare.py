@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -38,6 +39,20 @@ class Comparison:
     lens_kl: np.ndarray  # [N, L+1] mean KL(reference || other) in nats, per lens layer
     #: claims measured on this comparison as a control, kept for the next variant's claim
     estimates: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def worst_lens_kl(self) -> float:
+        """The largest per-layer mean lens KL (nats): the layer where the two differ most."""
+        return float(self.lens_kl.mean(0).max())
+
+    def row(self) -> dict[str, Any]:
+        """This run's line of :func:`summary_table`."""
+        return _row(
+            self.other,
+            float(self.token_agreement.mean()),
+            self.worst_lens_kl,
+            float(self.js_correlation.mean()),
+        )
 
 
 def token_agreement(reference: torch.Tensor, other: torch.Tensor) -> float:
@@ -130,6 +145,31 @@ def compare(
     return Comparison(reference, other, np.array(agree), np.array(corr), np.stack(kl))
 
 
+def _row(run: Run, agreement: float, worst_kl: float, js_correlation: float) -> dict[str, Any]:
+    return {
+        "run": run.name,
+        "memory (MB)": run.memory_bytes / 2**20,
+        "token agreement": agreement,
+        "worst-layer lens KL (nats)": worst_kl,
+        "JS curve correlation": js_correlation,
+        "critical layer": run.stages.critical_layer,
+        "first mutation layer": run.stages.first_mutation_layer,
+        "CHAIR": run.chair,
+        "Cover": run.cover,
+    }
+
+
+def summary_table(reference: Run, comparisons: Sequence[Comparison]) -> pd.DataFrame:
+    """The reference run and each compared run in one table, one row per run (its name).
+
+    Columns: memory (MB), token agreement, worst-layer lens KL (nats), JS curve
+    correlation, critical layer, first mutation layer, CHAIR, Cover; the reference agrees
+    with itself (1, 0, 1).
+    """
+    rows = [_row(reference, 1.0, 0.0, 1.0), *(c.row() for c in comparisons)]
+    return pd.DataFrame(rows).set_index("run")
+
+
 def _correlation(x: np.ndarray, y: np.ndarray) -> float:
     if np.std(x) == 0 or np.std(y) == 0:
         return float("nan")
@@ -140,5 +180,6 @@ __all__: Sequence[str] = [
     "Comparison",
     "compare",
     "lens_kl",
+    "summary_table",
     "token_agreement",
 ]

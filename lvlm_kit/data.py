@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,6 +85,29 @@ class AmberData:
     def image_path(self, query: dict) -> Path:
         """Path of a query's image (``<root>/image/<file>``)."""
         return self.root / "image" / query["image"]
+
+
+def hold_out(
+    generative: AmberData, discriminative: AmberData, n: int
+) -> tuple[list[Path], AmberData, AmberData]:
+    """Set the first ``n`` images aside (to detect stages on) and keep the rest to judge.
+
+    Args:
+        generative: the describe-the-image queries, one per image.
+        discriminative: the existence questions about the same images.
+        n: how many images to set aside.
+
+    Returns:
+        ``(set-aside image paths, generative queries of the other images, discriminative
+        queries of the other images)``.
+    """
+    aside = [generative.image_path(q) for q in generative.queries[:n]]
+    judged = replace(generative, queries=generative.queries[n:])
+    kept = {q["image"] for q in judged.queries}
+    questions = replace(
+        discriminative, queries=[q for q in discriminative.queries if q["image"] in kept]
+    )
+    return aside, judged, questions
 
 
 def relation_vocabulary(relation: dict[str, list[str]]) -> frozenset[str]:

@@ -9,7 +9,8 @@ perplexity capped below the number of points for small inputs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -43,6 +44,38 @@ def answer_features(traces: Sequence[Trace], step: int = 0, layers: Sequence[int
         ``[N, len(layers), d]`` float32, one row per trace.
     """
     return torch.stack([token_features(t, layers)[step] for t in traces])
+
+
+def answer_words(traces: Sequence[Trace], step: int = 0) -> list[str]:
+    """The token generated at ``step`` of each trace, stripped (a one-word answer)."""
+    return [t.tokens[step].strip() for t in traces]
+
+
+def question_panels(
+    traces: Sequence[Trace],
+    questions: Mapping[str, Sequence[int]],
+    seed: int = 0,
+    perplexity: float = 35.0,
+    step: int = 0,
+) -> dict[str, pd.DataFrame]:
+    """One t-SNE of the answer token's features per question (the panels of the paper's Fig. 7).
+
+    Args:
+        traces: traces made with ``keep_hidden=True``, one per (image, question).
+        questions: question -> indices of its traces (:func:`group_items`).
+        seed: t-SNE seed.
+        perplexity: t-SNE perplexity (capped below the number of points).
+        step: the generated token that is the answer.
+
+    Returns:
+        Question -> :func:`project` frame of ``[its traces, layers 1..L]`` points.
+    """
+    return {
+        q: project(
+            answer_features([traces[i] for i in idx], step), "tsne", seed, perplexity=perplexity
+        )
+        for q, idx in questions.items()
+    }
 
 
 def project(
@@ -105,14 +138,64 @@ def project(
     )
 
 
+def layer_spreads(xy: np.ndarray) -> np.ndarray:
+    """Mean distance of the units to their centroid, per layer (small = clustered).
+
+    Args:
+        xy: ``[units, layers, 2]`` projected features (see :func:`coords_array`).
+
+    Returns:
+        ``[layers]`` spreads.
+    """
+    return np.linalg.norm(xy - xy.mean(0, keepdims=True), axis=-1).mean(0)
+
+
 def spread_by_layer(coords: pd.DataFrame) -> pd.Series:
-    """Mean distance of the items to their centroid, per layer (small = clustered)."""
+    """:func:`layer_spreads` of a projection frame, indexed by layer."""
+    layers = pd.Index(sorted(coords["layer"].unique()), name="layer")
+    return pd.Series(layer_spreads(coords_array(coords)), index=layers)
 
-    def spread(g: pd.DataFrame) -> float:
-        xy = g[["x", "y"]].to_numpy()
-        return float(np.linalg.norm(xy - xy.mean(0), axis=1).mean())
 
-    return coords.groupby("layer")[["x", "y"]].apply(spread)
+def shallow_and_deep(spreads: np.ndarray | pd.Series, n_shallow: int) -> tuple[float, float]:
+    """Mean spread of the first ``n_shallow`` layers and of the deep half.
+
+    Args:
+        spreads: ``[L]`` spreads of layers 1..L (:func:`layer_spreads`).
+        n_shallow: how many of the first layers are "shallow" (claim 12: 2; claim 13: L/4).
+
+    Returns:
+        ``(shallow, deep)``; the deep half is layers L//2+1..L.
+    """
+    s = np.asarray(spreads)
+    return float(s[:n_shallow].mean()), float(s[len(s) // 2 :].mean())
+
+
+#: the last layer "draws in" (re-clusters by answer) when its spread is below this share of
+#: the widest layer's
+RECLUSTER_SHARE = 0.9
+
+
+@dataclass
+class FanProfile:
+    """The shape of a spread-by-layer curve: a shallow neck, a widest layer, the last layer."""
+
+    neck: float  # the narrowest of layers 1-3
+    fan: float  # the widest layer's spread
+    fan_layer: int
+    last: float  # the last layer's spread
+    reclusters: bool  # last < RECLUSTER_SHARE * fan
+
+
+def fan_profile(spread: pd.Series) -> FanProfile:
+    """The neck, the fan and the last layer of :func:`spread_by_layer`'s curve."""
+    fan, last = float(spread.max()), float(spread.iloc[-1])
+    return FanProfile(
+        neck=float(spread.loc[1:3].min()),
+        fan=fan,
+        fan_layer=int(spread.idxmax()),
+        last=last,
+        reclusters=last < RECLUSTER_SHARE * fan,
+    )
 
 
 def path_linearity(coords: pd.DataFrame) -> pd.Series:

@@ -13,7 +13,7 @@ is never held.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +48,15 @@ class PatchLens:
         """Per patch, the chosen word with the highest probability at ``layer``."""
         best = self.word_probs[layer].argmax(-1).tolist()
         return [self.words[i] for i in best]
+
+    def true_word_prob(self, layer: int, truth: Sequence[str | None]) -> torch.Tensor:
+        """``[P]`` probability of each patch's true word at ``layer`` (0 where truth is None)."""
+        return torch.tensor(
+            [
+                float(self.word_probs[layer, p, self.words.index(t)]) if t else 0.0
+                for p, t in enumerate(truth)
+            ]
+        )
 
     def as_grid(self, values: torch.Tensor) -> torch.Tensor:
         """``[..., P]`` values as ``[..., rows, cols]``.
@@ -186,6 +195,67 @@ def patch_accuracy(
     return np.stack(out)
 
 
+@dataclass
+class PatchAccuracy:
+    """Per image and lens layer, the share of a model's patches decoding to their object."""
+
+    accuracy: np.ndarray  # [images, L+1]
+    chance: float  # 1 / the number of candidate words
+
+    @property
+    def mean(self) -> np.ndarray:
+        """``[L+1]`` mean accuracy over the images (images without a known patch left out)."""
+        return np.nanmean(self.accuracy, 0)
+
+    @property
+    def best_layer(self) -> int:
+        """The lens layer with the highest mean accuracy."""
+        return int(np.nanargmax(self.mean))
+
+    def first_layer_above_chance(
+        self, rng: np.random.Generator | int = 0, n_boot: int = 500
+    ) -> int | None:
+        """The first lens layer whose mean accuracy's 95% band (images resampled) is above chance.
+
+        Args:
+            rng: a generator (drawn from in turn) or a seed.
+            n_boot: bootstrap resamples.
+
+        Returns:
+            The layer, or None when no layer's band clears chance.
+        """
+        from .claims.core import bootstrap_band  # claims imports this module
+
+        acc = self.accuracy
+        low, _ = bootstrap_band(
+            len(acc), lambda idx: np.nanmean(acc[idx], 0), n_boot, rng, ignore_nan=True
+        )
+        return next((j for j in range(len(low)) if low[j] > self.chance), None)
+
+
+def cell_accuracy(
+    lenses: Sequence[PatchLens],
+    cells: Sequence[Sequence[tuple[str, ...] | None]],
+    candidates: Mapping[str, Sequence[str]],
+) -> dict[str, PatchAccuracy]:
+    """:func:`patch_accuracy` of each kind of truth a cell holds (its category, its colour).
+
+    Args:
+        lenses: one :class:`PatchLens` per image.
+        cells: per image, per patch, the cell's truth tuple (``(category, colour)`` on the
+            testbed, :func:`~lvlm_kit.data.cell_truth`) or None for an empty cell.
+        candidates: kind -> its candidate words, in the order of the truth tuple.
+
+    Returns:
+        Kind -> its :class:`PatchAccuracy` (chance: one over the number of candidates).
+    """
+    out = {}
+    for i, (kind, words) in enumerate(candidates.items()):
+        truth = [[c[i] if c else None for c in image] for image in cells]
+        out[kind] = PatchAccuracy(patch_accuracy(lenses, truth, list(words)), 1 / len(words))
+    return out
+
+
 def neighbours(cells: Sequence[int], side: int) -> set[int]:
     """Grid cells next to any of ``cells`` (diagonals included), ``cells`` left out."""
     near = set()
@@ -221,3 +291,56 @@ def word_near(
         near.append(p[:, around].mean(-1).numpy())
         far.append(p[:, rest].mean(-1).numpy())
     return np.stack(near), np.stack(far)
+
+
+@dataclass
+class PriorProbe:
+    """A word's probability in the image tokens of scenes with and without an anchor object.
+
+    Each array is ``[scenes, L+1]``, the mean over the patches named.
+    """
+
+    near: np.ndarray  # anchor scenes: the patches next to the anchor
+    elsewhere: np.ndarray  # anchor scenes: the patches neither on nor next to it
+    without: np.ndarray  # scenes without the anchor: every patch
+
+    def layers_higher_near(
+        self, rng: np.random.Generator | int = 0, n_boot: int = 1000
+    ) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """Lens layers where near minus elsewhere is above zero (95% band, scenes resampled).
+
+        Returns:
+            ``(layers, low, high)``: the layers, and the band ``[L+1]`` of the mean difference.
+        """
+        from .claims.core import bootstrap_band  # claims imports this module
+
+        difference = self.near - self.elsewhere
+        low, high = bootstrap_band(
+            len(difference), lambda idx: difference[idx].mean(0), n_boot, rng
+        )
+        return [j for j in range(len(low)) if low[j] > 0], low, high
+
+
+def prior_probe(
+    lenses: Sequence[PatchLens],
+    cells: Sequence[Sequence[tuple[str, ...] | None]],
+    anchor: str,
+    word: str,
+) -> PriorProbe:
+    """Does ``word`` (a planted prior's B, "fish") light up next to ``anchor`` (its A, "boat")?
+
+    Args:
+        lenses: one :class:`PatchLens` per scene (square grids; ``word`` among their words).
+        cells: per scene, per patch, the truth tuple whose first entry is the category.
+        anchor: the category whose neighbours are looked at.
+        word: the word whose probability is read.
+    """
+    has = [i for i, c in enumerate(cells) if any(x and x[0] == anchor for x in c)]
+    others = [i for i in range(len(cells)) if i not in has]
+    at = [[p for p, x in enumerate(cells[i]) if x and x[0] == anchor] for i in has]
+    near, elsewhere = word_near([lenses[i] for i in has], at, word)
+    without = [
+        lenses[i].word_probs[:, :, lenses[i].words.index(word)].double().mean(-1).numpy()
+        for i in others
+    ]
+    return PriorProbe(near, elsewhere, np.stack(without))

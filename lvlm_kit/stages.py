@@ -73,6 +73,11 @@ class Stages:
         """The first mutation layer, where the stabilisation stage ends; L + 1 without one."""
         return self.mutation_layers[0] if self.mutation_layers else self.n_layers + 1
 
+    @property
+    def split_ratio(self) -> float:
+        """Shallow over deep mean adjacent-layer JS (above 1: the shallow layers change more)."""
+        return self.shallow_js / max(self.deep_js, 1e-12)
+
     def stage_of(self, layer: int) -> str:
         """Name of the stage a lens layer belongs to ("rapid evolution", ...)."""
         if layer < self.critical_layer:
@@ -249,6 +254,15 @@ def token_kind(token: str) -> str:
 
 
 # ---- summaries of traces by layer and token kind -----------------------------------------
+
+
+def js_after_embedding(traces: Sequence[Trace]) -> torch.Tensor:
+    """Mean adjacent-layer JS over every token, the embedding step left out (claim 6's curve).
+
+    Returns:
+        ``[L-1]`` float64: pairs (1 -> 2) ... (L-1 -> L).
+    """
+    return torch.cat([t.js[:, 1:] for t in traces]).double().mean(0)
 
 
 def probability_profile(traces: Sequence[Trace], stages: Stages) -> dict[str, float]:

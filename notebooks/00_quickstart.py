@@ -56,8 +56,6 @@ OUTPUT_DIR = None  # None: outputs/<notebook> in the repository, else ./outputs/
 # Check the parameters (a bad value stops here, before anything loads), load the model named by `MODEL` (the embedded testbed by default) and make the output folder; figures and `metrics.json` are written there.
 
 # %%
-import torch
-
 from lvlm_kit import data, notebook, plots, trace
 
 OUTPUT_DIR, lm = notebook.start("00_quickstart", globals())

@@ -56,9 +56,7 @@ OUTPUT_DIR = None  # None: outputs/<notebook> in the repository, else ./outputs/
 # Check the parameters (a bad value stops here, before anything loads), load the model named by `MODEL` (the embedded testbed by default) and make the output folder; figures and `metrics.json` are written there.
 
 # %%
-import torch
-
-from lvlm_kit import data, notebook, plots, trace
+from lvlm_kit import data, notebook, plots
 
 OUTPUT_DIR, lm = notebook.start("02_hallucination_trajectories", globals())
 
@@ -79,8 +77,6 @@ OUTPUT_DIR, lm = notebook.start("02_hallucination_trajectories", globals())
 # critical and mutation layers printed above it.
 
 # %%
-import pandas as pd
-
 from lvlm_kit.runs import object_token_events
 from lvlm_kit.stages import detect_stages
 

@@ -118,9 +118,9 @@ notebook.show(plots.js_curve(st, traces=traces), OUTPUT_DIR, "fig4_js_stages")
 print(
     f"critical layer {st.critical_layer} of {st.n_layers} (relative depth "
     f"{st.critical_layer / st.n_layers:.2f}); mutation layers {st.mutation_layers or 'none'}; "
-    f"shallow / deep mean JS {st.shallow_js / max(st.deep_js, 1e-12):.2f}"
+    f"shallow / deep mean JS {st.split_ratio:.2f}"
 )
-curve = torch.cat([t.js[:, 1:] for t in traces]).double().mean(0).numpy()
+curve = stages.js_after_embedding(traces).numpy()
 print(
     f"step over log-linear fit (embedding step left out): ΔBIC {claims.step_bic(curve):.1f} "
     f"(claim 6 needs at least {claims.ClaimConfig().step_bic:g})"
@@ -207,7 +207,7 @@ verdicts = notebook.record_claims(results, OUTPUT_DIR)
 # ## Headline numbers (recorded to `OUTPUT_DIR/metrics.json`)
 
 # %%
-split_ratio = st.shallow_js / max(st.deep_js, 1e-12)
+split_ratio = st.split_ratio
 metrics = notebook.record(
     {
         **st.summary(),

@@ -57,7 +57,6 @@ OUTPUT_DIR = None  # None: outputs/<notebook> in the repository, else ./outputs/
 # %%
 import math
 
-import torch
 
 from lvlm_kit import data, notebook, plots
 

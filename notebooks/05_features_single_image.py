@@ -56,8 +56,6 @@ OUTPUT_DIR = None  # None: outputs/<notebook> in the repository, else ./outputs/
 # Check the parameters (a bad value stops here, before anything loads), load the model named by `MODEL` (the embedded testbed by default) and make the output folder; figures and `metrics.json` are written there.
 
 # %%
-import torch
-
 from lvlm_kit import data, notebook, plots, trace
 
 OUTPUT_DIR, lm = notebook.start("05_features_single_image", globals())
@@ -75,7 +73,13 @@ items = data.resolve_data(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 # **What to look for:** the description and the shape `(tokens, layers, hidden size)`.
 
 # %%
-from lvlm_kit.features import path_linearity, project, spread_by_layer, token_features
+from lvlm_kit.features import (
+    path_linearity,
+    project,
+    shallow_and_deep,
+    spread_by_layer,
+    token_features,
+)
 
 tr = trace(lm, items[0].image, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM, keep_hidden=True)
 features = token_features(tr)  # [tokens, layers 1..L, d]
@@ -106,8 +110,7 @@ for m, xy in coords.items():
     )
 spread = spread_by_layer(coords["tsne"])
 linearity = path_linearity(coords["tsne"])
-L = tr.n_layers
-early, deep = float(spread.loc[1:2].mean()), float(spread.loc[L // 2 + 1 :].mean())
+early, deep = shallow_and_deep(spread, 2)  # layers 1-2; the deep half
 print(
     f"Spread {early:.1f} in layers 1-2, {deep:.1f} in the deep half ({deep / early:.1f} times "
     f"as wide; claim 12 needs 2); median path linearity {float(linearity.median()):.2f} "
@@ -145,12 +148,10 @@ verdicts = notebook.record_claims(results, OUTPUT_DIR)
 # ## Headline numbers (recorded to `OUTPUT_DIR/metrics.json`)
 
 # %%
-L = tr.n_layers
-early, deep = float(spread.loc[[1, 2]].mean()), float(spread.loc[L // 2 + 1 :].mean())
 metrics = notebook.record(
     {
         "n_tokens": tr.n_tokens,
-        "n_layers": L,
+        "n_layers": tr.n_layers,
         "spread_layers_1_2": early,
         "spread_deep": deep,
         "spread_by_layer": spread.round(3).tolist(),

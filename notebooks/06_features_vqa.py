@@ -58,8 +58,6 @@ IMAGES_PER_QUESTION = 12
 # Check the parameters (a bad value stops here, before anything loads), load the model named by `MODEL` (the embedded testbed by default) and make the output folder; figures and `metrics.json` are written there.
 
 # %%
-import torch
-
 from lvlm_kit import data, notebook, plots, runs
 
 OUTPUT_DIR, lm = notebook.start("06_features_vqa", globals())
@@ -79,9 +77,16 @@ OUTPUT_DIR, lm = notebook.start("06_features_vqa", globals())
 
 # %%
 import pandas as pd
-from lvlm_kit.stages import detect_stages, token_kind
 
-from lvlm_kit.features import answer_features, group_items, project, spread_by_layer
+from lvlm_kit.features import (
+    answer_features,
+    answer_words,
+    fan_profile,
+    group_items,
+    project,
+    question_panels,
+    spread_by_layer,
+)
 
 vqa = data.vqa_items(DATA, OUTPUT_DIR, QUESTION_OBJECTS, IMAGES_PER_QUESTION, SEED)
 traces = runs.trace_images(
@@ -92,9 +97,10 @@ traces = runs.trace_images(
     lens_norm=LENS_NORM,
     keep_hidden=True,
 )
-answers = [t.tokens[0].strip() for t in traces]
-accuracy = sum(a == v.get("answer") for a, v in zip(answers, vqa)) / len(vqa)
-print(f"{len(vqa)} questions, answer accuracy {accuracy:.2f}")
+answers = answer_words(traces)
+right = sum(a == v.get("answer") for a, v in zip(answers, vqa))
+accuracy = right / len(vqa)
+print(f"{len(vqa)} questions, {right} answers right (accuracy {accuracy:.2f})")
 
 # %% [markdown]
 # ## 2. Fig. 7: the answer token across images and layers
@@ -113,9 +119,7 @@ print(f"{len(vqa)} questions, answer accuracy {accuracy:.2f}")
 # %%
 features = answer_features(traces, step=0)  # [images, layers 1..L, d]
 questions = group_items([v["question"] for v in vqa])
-panels = {
-    q: project(features[idx], "tsne", perplexity=35, seed=SEED) for q, idx in questions.items()
-}
+panels = question_panels(traces, questions, SEED)
 notebook.show(
     plots.projection_panels(
         panels,
@@ -137,14 +141,13 @@ notebook.show(
     "fig7_umap",
 )
 spread = pd.concat([spread_by_layer(c) for c in panels.values()], axis=1).mean(1)
-L = traces[0].n_layers
+fan = fan_profile(spread)
 print(
-    f"{sum(a == v.get('answer') for a, v in zip(answers, vqa))} of {len(vqa)} answers right. "
-    f"Spread {float(spread.loc[1]):.1f} at layer 1, widest {float(spread.max()):.1f} at "
-    f"layer {int(spread.idxmax())}, {float(spread.loc[L]):.1f} at the last layer "
+    f"Spread {float(spread.loc[1]):.1f} at layer 1, widest {fan.fan:.1f} at layer "
+    f"{fan.fan_layer}, {fan.last:.1f} at the last layer "
     + (
         "(drawn in: a re-clustering by answer)."
-        if float(spread.loc[L]) < 0.9 * float(spread.max())
+        if fan.reclusters
         else "(not drawn in: no re-clustering by answer)."
     )
 )
@@ -179,14 +182,7 @@ forced = claims.control_traces(
     keep_hidden=True,
 )
 per_question = {
-    run: {
-        q: coords_array(
-            project(
-                answer_features([trs[i] for i in idx], step=0), "tsne", perplexity=35, seed=SEED
-            )
-        )
-        for q, idx in questions.items()
-    }
+    run: {q: coords_array(c) for q, c in question_panels(trs, questions, SEED).items()}
     for run, trs in forced.items()
 }
 model_xy = {q: coords_array(c) for q, c in panels.items()}
@@ -197,21 +193,17 @@ verdicts = notebook.record_claims(results, OUTPUT_DIR)
 # ## Headline numbers (recorded to `OUTPUT_DIR/metrics.json`)
 
 # %%
-L = traces[0].n_layers
-neck = float(spread.loc[1:3].min())
-fan_layer = int(spread.idxmax())
-fan = float(spread.max())
 metrics = notebook.record(
     {
         "n_images": len(vqa),
         "accuracy": accuracy,
-        "n_layers": L,
-        "neck_spread": neck,
-        "fan_spread": fan,
-        "fan_layer": fan_layer,
-        "last_layer_spread": float(spread.loc[L]),
+        "n_layers": traces[0].n_layers,
+        "neck_spread": fan.neck,
+        "fan_spread": fan.fan,
+        "fan_layer": fan.fan_layer,
+        "last_layer_spread": fan.last,
         "spread_by_layer": spread.round(3).tolist(),
-        "last_layer_reclusters": float(spread.loc[L]) < fan,
+        "last_layer_reclusters": fan.reclusters,
         "claims": {r.key: r.model.value for r in results},
         "verdicts": {r.key: r.verdict for r in results},
     },

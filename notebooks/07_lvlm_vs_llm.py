@@ -67,8 +67,6 @@ LLM_PROMPTS = [
 # Check the parameters (a bad value stops here, before anything loads), load the model named by `MODEL` (the embedded testbed by default) and make the output folder; figures and `metrics.json` are written there.
 
 # %%
-import torch
-
 from lvlm_kit import data, notebook, plots, runs
 
 OUTPUT_DIR, lm = notebook.start("07_lvlm_vs_llm", globals())
@@ -92,7 +90,7 @@ items = data.resolve_data(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 
 # %%
 import pandas as pd
-from lvlm_kit.stages import detect_stages, token_kind
+from lvlm_kit.stages import detect_stages
 
 lvlm_traces = runs.trace_images(
     lm, [it.image for it in items], PROMPT, MAX_NEW_TOKENS, desc="LVLM", lens_norm=LENS_NORM
@@ -130,7 +128,7 @@ notebook.show(
 for name, s in (("LVLM", st_lvlm), ("LLM alone", st_llm)):
     print(
         f"{name}: {s.summary()['tokens_with_mutation']:.0%} of tokens mutate in deep layers; "
-        f"shallow / deep JS {s.shallow_js / max(s.deep_js, 1e-12):.2g}; critical layer "
+        f"shallow / deep JS {s.split_ratio:.2g}; critical layer "
         f"{s.critical_layer} of {s.n_layers}"
     )
 
@@ -177,18 +175,15 @@ verdicts = notebook.record_claims(results, OUTPUT_DIR)
 # ## Headline numbers (recorded to `OUTPUT_DIR/metrics.json`)
 
 # %%
-ratio = {
-    name: s.shallow_js / max(s.deep_js, 1e-12) for name, s in (("lvlm", st_lvlm), ("llm", st_llm))
-}
-mutating = {
-    name: s.summary()["tokens_with_mutation"] for name, s in (("lvlm", st_lvlm), ("llm", st_llm))
-}
 metrics = notebook.record(
     {
         "lvlm": st_lvlm.summary(),
         "llm": st_llm.summary(),
-        "split_ratio": ratio,
-        "tokens_with_mutation": mutating,
+        "split_ratio": {"lvlm": st_lvlm.split_ratio, "llm": st_llm.split_ratio},
+        "tokens_with_mutation": {
+            "lvlm": st_lvlm.summary()["tokens_with_mutation"],
+            "llm": st_llm.summary()["tokens_with_mutation"],
+        },
         "claims": {r.key: r.model.value for r in results},
         "verdicts": {r.key: r.verdict for r in results},
     },

@@ -60,7 +60,6 @@ SKIP_KS = [1, 2, 3]
 # %%
 import math
 
-import torch
 
 from lvlm_kit import data, notebook, plots, runs
 
@@ -78,23 +77,22 @@ OUTPUT_DIR, lm = notebook.start("08_applications", globals())
 # **What to look for:** the critical and mutation layers that the next two sections use.
 
 # %%
-import dataclasses
-
 import pandas as pd
-from lvlm_kit.stages import detect_stages, token_kind
+from lvlm_kit.stages import detect_stages
 
-from lvlm_kit.applications import compare_decoding, compression_sweep, stable_layers_by_js
+from lvlm_kit.applications import (
+    compare_decoding,
+    compression_sweep,
+    decoding_table,
+    stable_layers_by_js,
+    sweep_table,
+)
 
 amber = data.resolve_amber(DATA, OUTPUT_DIR, N_IMAGES, SEED)
 questions = data.resolve_amber(DATA, OUTPUT_DIR, N_IMAGES, SEED, queries="discriminative")
-stage_images = [amber.image_path(q) for q in amber.queries[:N_STAGE_IMAGES]]
+stage_images, judged, judged_questions = data.hold_out(amber, questions, N_STAGE_IMAGES)
 stage_traces = runs.trace_images(lm, stage_images, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM)
 st = detect_stages(stage_traces)
-judged = dataclasses.replace(amber, queries=amber.queries[N_STAGE_IMAGES:])
-judged_images = {q["image"] for q in judged.queries}
-judged_questions = dataclasses.replace(
-    questions, queries=[q for q in questions.queries if q["image"] in judged_images]
-)
 print(
     f"critical layer {st.critical_layer}, mutation layers {st.mutation_layers}; the other "
     f"{len(judged.queries)} images are judged"
@@ -124,7 +122,7 @@ if ks != sorted({*SKIP_KS, claim_k}):
     print(f"The stages leave {n_stable} stable layers to skip: k = {ks} of {SKIP_KS} + {claim_k}.")
 points = compression_sweep(lm, judged, st, ks, judged_questions, MAX_NEW_TOKENS)
 notebook.show(plots.sweep_plot(points, model=lm.name), OUTPUT_DIR, "compression_sweep")
-sweep = [{k: v for k, v in p.__dict__.items() if k != "existence_correct"} for p in points]
+sweep = sweep_table(points)
 base = points[0]
 for p in points[1:]:
     print(
@@ -150,12 +148,8 @@ pd.DataFrame(sweep)
 # %%
 decoding = compare_decoding(lm, amber, st, MAX_NEW_TOKENS)
 notebook.show(plots.decoding_bars(decoding, model=lm.name), OUTPUT_DIR, "decoding_variants")
-pd.DataFrame(
-    {
-        k: {m: v for m, v in r.items() if m not in ("responses", "per_image")}
-        for k, r in decoding.items()
-    }
-).T
+table = decoding_table(decoding)
+pd.DataFrame(table).T
 
 # %% [markdown]
 # Each variant against plain decoding, in numbers from this run (CHAIR pooled over the
@@ -205,10 +199,6 @@ verdicts = notebook.record_claims(results, OUTPUT_DIR)
 # ## Headline numbers (recorded to `OUTPUT_DIR/metrics.json`)
 
 # %%
-table = {
-    k: {m: v for m, v in r.items() if m not in ("responses", "per_image")}
-    for k, r in decoding.items()
-}
 best = min(table, key=lambda k: table[k]["chair"])
 metrics = notebook.record(
     {

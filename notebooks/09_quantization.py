@@ -59,8 +59,6 @@ VARIANTS = ["8bit", "nf4", "fp4"]  # quantizations to compare ("4bit" is nf4 + d
 # Check the parameters (a bad value stops here, before anything loads), load the reference model named by `MODEL` (the embedded testbed by default) and make the output folder; figures and `metrics.json` are written there.
 
 # %%
-import pandas as pd
-
 from lvlm_kit import claims, compare, data, notebook, plots, runs
 
 OUTPUT_DIR, lm = notebook.start("09_quantization", globals())
@@ -105,37 +103,7 @@ control = compare.compare(lm, reference, permuted, permuted_run, amber, PROMPT, 
 # One row per run. Memory is the model's parameters and buffers as stored (4-bit weights count half a byte). Look at the token agreement first: if a variant generates different text, every later difference follows from it.
 
 # %%
-rows = []
-for name, c in {**comparisons, "permuted weights": control}.items():
-    rows.append(
-        {
-            "run": name,
-            "memory (MB)": c.other.memory_bytes / 2**20,
-            "token agreement": c.token_agreement.mean(),
-            "worst-layer lens KL (nats)": c.lens_kl.mean(0).max(),
-            "JS curve correlation": c.js_correlation.mean(),
-            "critical layer": c.other.stages.critical_layer,
-            "first mutation layer": c.other.stages.first_mutation_layer,
-            "CHAIR": c.other.chair,
-            "Cover": c.other.cover,
-        }
-    )
-summary = pd.DataFrame(
-    [
-        {
-            "run": "full",
-            "memory (MB)": reference.memory_bytes / 2**20,
-            "token agreement": 1.0,
-            "worst-layer lens KL (nats)": 0.0,
-            "JS curve correlation": 1.0,
-            "critical layer": reference.stages.critical_layer,
-            "first mutation layer": reference.stages.first_mutation_layer,
-            "CHAIR": reference.chair,
-            "Cover": reference.cover,
-        },
-        *rows,
-    ]
-).set_index("run")
+summary = compare.summary_table(reference, [*comparisons.values(), control])
 for name, row in summary.iterrows():
     print(
         f"{name}: {row['token agreement']:.0%} of the full model's tokens, "
@@ -160,17 +128,16 @@ notebook.show(
         lens=LENS_NORM,
         references={
             "check 17's margin": claims.ClaimConfig().lens_close,
-            "permuted copy, worst layer": float(control.lens_kl.mean(0).max()),
+            "permuted copy, worst layer": control.worst_lens_kl,
         },
     ),
     OUTPUT_DIR,
     "quantization_lens_kl",
 )
-worst = {q: float(c.lens_kl.mean(0).max()) for q, c in comparisons.items()}
 print(
     "worst-layer lens KL (nats): "
-    + ", ".join(f"{q} {v:.2g}" for q, v in worst.items())
-    + f"; the permuted-weight control {float(control.lens_kl.mean(0).max()):.2g}"
+    + ", ".join(f"{q} {c.worst_lens_kl:.2g}" for q, c in comparisons.items())
+    + f"; the permuted-weight control {control.worst_lens_kl:.2g}"
 )
 
 # %% [markdown]

@@ -56,10 +56,7 @@ N_PROBE_IMAGES = 24  # probe scenes (a prior's A without its B) for the planted-
 # Check the parameters (a bad value stops here, before anything loads), load the model named by `MODEL` (the embedded testbed by default) and make the output folder; figures and `metrics.json` are written there.
 
 # %%
-import math
-
 import numpy as np
-import torch
 
 from lvlm_kit import claims, data, notebook, plots, runs
 
@@ -82,7 +79,7 @@ cells = data.cell_truth(amber)  # per image, per cell: (category, colour) or Non
 # %%
 from tqdm.auto import tqdm
 
-from lvlm_kit.image_lens import image_token_lens, patch_accuracy, word_near
+from lvlm_kit.image_lens import cell_accuracy, image_token_lens, prior_probe
 from lvlm_kit.testbed.world import CATEGORIES, COLOURS, GRID
 
 words = [*CATEGORIES, *COLOURS]
@@ -114,20 +111,13 @@ for j in (0, first.n_layers // 2, first.n_layers):
 # chance and above both copies.
 
 # %%
-truth_category = [[c[0] if c else None for c in image] for image in cells]
-truth_colour = [[c[1] if c else None for c in image] for image in cells]
-accuracy = {
-    name: {
-        "category": patch_accuracy(ls, truth_category, list(CATEGORIES)),
-        "colour": patch_accuracy(ls, truth_colour, list(COLOURS)),
-    }
-    for name, ls in lenses.items()
-}
-chance = {"category": 1 / len(CATEGORIES), "colour": 1 / len(COLOURS)}
-for kind in ("category", "colour"):
+candidates = {"category": CATEGORIES, "colour": COLOURS}  # the order of a cell's truth
+accuracy = {name: cell_accuracy(ls, cells, candidates) for name, ls in lenses.items()}
+chance = {kind: acc.chance for kind, acc in accuracy["model"].items()}
+for kind in candidates:
     notebook.show(
         plots.layer_lines(
-            {name: acc[kind] for name, acc in accuracy.items()},
+            {name: acc[kind].accuracy for name, acc in accuracy.items()},
             f"{kind} accuracy",
             f"image tokens decoding to their cell's {kind}",
             model=lm.name,
@@ -137,13 +127,13 @@ for kind in ("category", "colour"):
         OUTPUT_DIR,
         f"patch_{kind}_accuracy",
     )
-mean_category = np.nanmean(accuracy["model"]["category"], 0)
-best = int(np.nanargmax(mean_category))
+category = {name: acc["category"] for name, acc in accuracy.items()}
+best = category["model"].best_layer
 print(
-    f"category accuracy: best layer {best} of {first.n_layers}, {mean_category[best]:.3f} "
-    f"(chance {chance['category']:.3f}; re-initialised "
-    f"{np.nanmean(accuracy['re-initialised']['category'], 0)[best]:.3f}, permuted "
-    f"{np.nanmean(accuracy['permuted']['category'], 0)[best]:.3f} at that layer)"
+    f"category accuracy: best layer {best} of {first.n_layers}, "
+    f"{category['model'].mean[best]:.3f} (chance {chance['category']:.3f}; re-initialised "
+    f"{category['re-initialised'].mean[best]:.3f}, permuted "
+    f"{category['permuted'].mean[best]:.3f} at that layer)"
 )
 
 # %% [markdown]
@@ -160,13 +150,8 @@ from lvlm_kit.stages import detect_stages
 
 traces = runs.trace_images(lm, images, PROMPT, MAX_NEW_TOKENS, lens_norm=LENS_NORM)
 critical = detect_stages(traces).critical_layer
-rng = np.random.default_rng(SEED)
-model_acc = accuracy["model"]["category"]
-low, _ = claims.bootstrap_band(
-    len(model_acc), lambda idx: np.nanmean(model_acc[idx], 0), 500, rng, ignore_nan=True
-)
-above = [j for j in range(len(low)) if low[j] > chance["category"]]
-decodable = above[0] if above else None
+rng = np.random.default_rng(SEED)  # one stream for this band and the prior's below
+decodable = category["model"].first_layer_above_chance(rng)
 print(
     f"critical layer of the generated tokens: {critical} of {first.n_layers}; first layer "
     "whose category accuracy is above chance: "
@@ -189,12 +174,7 @@ from lvlm_kit.widgets import PatchExplorer
 
 scene_image = Image.open(images[0]).convert("RGB")
 labels = np.array([c[0] if c else "" for c in cells[0]]).reshape(GRID, GRID)
-true_prob = torch.tensor(
-    [
-        float(first.word_probs[best, p, words.index(c[0])]) if c else 0.0
-        for p, c in enumerate(cells[0])
-    ]
-)
+true_prob = first.true_word_prob(best, [c[0] if c else None for c in cells[0]])
 notebook.show(
     plots.patch_heatmap(
         scene_image,
@@ -227,22 +207,13 @@ probe_lenses = [
     image_token_lens(lm, probe.image_path(q), PROMPT, words=words, lens_norm=LENS_NORM)
     for q in tqdm(probe.queries, desc="probe")
 ]
-with_boat = [i for i, c in enumerate(probe_cells) if any(x and x[0] == "boat" for x in c)]
-without = [i for i in range(len(probe_cells)) if i not in with_boat]
-boat_cells = [[p for p, x in enumerate(probe_cells[i]) if x and x[0] == "boat"] for i in with_boat]
-near, elsewhere = word_near([probe_lenses[i] for i in with_boat], boat_cells, "fish")
-no_boat = np.stack(
-    [
-        probe_lenses[i].word_probs[:, :, words.index("fish")].double().mean(-1).numpy()
-        for i in without
-    ]
-)
+prior = prior_probe(probe_lenses, probe_cells, anchor="boat", word="fish")
 notebook.show(
     plots.layer_lines(
         {
-            "next to the boat": near,
-            "elsewhere (boat scenes)": elsewhere,
-            "scenes without a boat": no_boat,
+            "next to the boat": prior.near,
+            "elsewhere (boat scenes)": prior.elsewhere,
+            "scenes without a boat": prior.without,
         },
         "p('fish')",
         "planted prior: 'fish' in the image tokens of boat scenes without a fish",
@@ -253,15 +224,12 @@ notebook.show(
     OUTPUT_DIR,
     "prior_fish",
 )
-difference = near - elsewhere  # [boat scenes, L+1]
-d_low, d_high = claims.bootstrap_band(
-    len(difference), lambda idx: difference[idx].mean(0), 1000, rng
-)
-higher = [j for j in range(len(d_low)) if d_low[j] > 0]
+higher, d_low, d_high = prior.layers_higher_near(rng)
+last = float((prior.near - prior.elsewhere)[:, -1].mean())
 print(
-    f"{len(with_boat)} boat scenes, {len(without)} without: p('fish') next to the boat minus "
-    f"elsewhere is above zero (95% interval) at layers {higher or 'none'}; at the last layer "
-    f"{difference[:, -1].mean():.2e} [{d_low[-1]:.2e}, {d_high[-1]:.2e}]"
+    f"{len(prior.near)} boat scenes, {len(prior.without)} without: p('fish') next to the boat "
+    f"minus elsewhere is above zero (95% interval) at layers {higher or 'none'}; at the last "
+    f"layer {last:.2e} [{d_low[-1]:.2e}, {d_high[-1]:.2e}]"
 )
 
 # %% [markdown]
@@ -276,12 +244,8 @@ print(
 # %%
 results = [
     claims.image_tokens_decode(
-        claims.PatchAccuracy(accuracy["model"]["category"], chance["category"]),
-        {
-            name: claims.PatchAccuracy(acc["category"], chance["category"])
-            for name, acc in accuracy.items()
-            if name != "model"
-        },
+        category["model"],
+        {name: acc for name, acc in category.items() if name != "model"},
         claims.ClaimConfig(),
     )
 ]
@@ -296,13 +260,11 @@ metrics = notebook.record(
         "n_images": len(images),
         "n_layers": first.n_layers,
         "best_layer": best,
-        "category_accuracy_by_layer": np.round(mean_category, 4).tolist(),
-        "colour_accuracy_by_layer": np.round(
-            np.nanmean(accuracy["model"]["colour"], 0), 4
-        ).tolist(),
+        "category_accuracy_by_layer": np.round(category["model"].mean, 4).tolist(),
+        "colour_accuracy_by_layer": np.round(accuracy["model"]["colour"].mean, 4).tolist(),
         "critical_layer": critical,
         "first_decodable_layer": decodable,
-        "prior_fish_near_minus_elsewhere_last": float(difference[:, -1].mean()),
+        "prior_fish_near_minus_elsewhere_last": last,
         "prior_layers_higher_near_boat": higher,
         "claims": {r.key: r.model.value for r in results},
         "verdicts": {r.key: r.verdict for r in results},

@@ -8,9 +8,11 @@ from lvlm_kit.applications import (
     LayerContrast,
     compare_decoding,
     compression_sweep,
+    decoding_table,
     stable_layers_by_js,
+    sweep_table,
 )
-from lvlm_kit.data import export_amber, read_amber
+from lvlm_kit.data import export_amber, hold_out, read_amber
 from lvlm_kit.divergence import js_divergence
 from lvlm_kit.generation import generate_texts
 from lvlm_kit.stages import Stages
@@ -105,3 +107,15 @@ def test_sweep_and_comparison_on_an_amber_export(tiny_llava, tmp_path):
     assert results["skip2"]["skipped"] == [3]
     assert results["plain"]["chair"] == pytest.approx(points[0].chair, nan_ok=True)
     assert len(results["dola"]["responses"]) == 4
+    table = decoding_table(results)
+    assert list(table) == list(results) and "responses" not in table["dola"]
+    assert "per_image" not in table["plain"] and table["skip2"]["skipped"] == [3]
+    rows = sweep_table(points)
+    assert [r["k"] for r in rows] == [0, 1, 2] and "existence_correct" not in rows[0]
+    assert rows[1]["existence_accuracy"] == points[1].existence_accuracy
+    # the first two images set aside, the questions of the other two kept
+    aside, judged, questions = hold_out(gen, dis, 2)
+    assert aside == [gen.image_path(q) for q in gen.queries[:2]]
+    assert judged.queries == gen.queries[2:]
+    kept = {q["image"] for q in gen.queries[2:]}
+    assert questions.queries and {q["image"] for q in questions.queries} == kept

@@ -59,10 +59,26 @@ def test_self_comparison_keeps_everything_and_random_weights_do_not(tiny_llava, 
     assert ref.counts.nouns.shape == ref.counts.covered.shape == ref.counts.truth.shape == (4,)
     same = compare.compare(tiny_llava, ref, tiny_llava, ref, amber, prompt)
     assert (same.token_agreement == 1).all() and np.allclose(same.lens_kl, 0, atol=1e-6)
+    assert same.worst_lens_kl == pytest.approx(0, abs=1e-6)
     control_model = claims.random_control(tiny_llava, 0)
     control_run = runs.run(control_model, amber, prompt, 6, name="random")
     control = compare.compare(tiny_llava, ref, control_model, control_run, amber, prompt)
     assert control.lens_kl.shape == (4, tiny_llava.anatomy.n_layers + 1)
+    assert control.worst_lens_kl == pytest.approx(control.lens_kl.mean(0).max())
+    table = compare.summary_table(ref, [same, control])
+    assert list(table.index) == ["full", "full", "random"]
+    assert list(table.loc["random"].iloc[:3]) == pytest.approx(
+        [
+            control_run.memory_bytes / 2**20,
+            control.token_agreement.mean(),
+            control.worst_lens_kl,
+        ]
+    )
+    assert (
+        table.iloc[0]["token agreement"] == 1 and table.iloc[0]["worst-layer lens KL (nats)"] == 0
+    )
+    assert table.loc["random", "critical layer"] == control_run.stages.critical_layer
+    assert table.loc["random", "CHAIR"] == pytest.approx(control_run.chair, nan_ok=True)
     cfg = claims.ClaimConfig(n_boot=200, n_boot_stages=20)
     same_tokens = claims.quant_same_tokens(same, {"re-initialised": control}, cfg)
     assert same_tokens.key == "quant_same_tokens[full]" and same_tokens.model.value == 1.0

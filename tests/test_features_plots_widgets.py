@@ -11,8 +11,14 @@ matplotlib.use("Agg")
 from lvlm_kit import plots, trace
 from lvlm_kit.features import (
     answer_features,
+    answer_words,
+    coords_array,
+    fan_profile,
+    layer_spreads,
     path_linearity,
     project,
+    question_panels,
+    shallow_and_deep,
     spread_by_layer,
     token_features,
 )
@@ -62,6 +68,29 @@ def test_spread_and_linearity():
     )
     lin = path_linearity(coords)
     assert lin[0] == pytest.approx(1.0) and lin[1] == pytest.approx(2 / (2 * np.sqrt(2)))
+    # The array form is the same numbers, layer by layer.
+    np.testing.assert_allclose(layer_spreads(coords_array(coords)), spread.to_numpy())
+    shallow, deep = shallow_and_deep(spread, 1)  # layer 1; the deep half is layers 2..3
+    assert shallow == 0 and deep == pytest.approx((0.5 + np.sqrt(8) / 2) / 2)
+
+
+def test_the_fan_profile_and_its_recluster_rule():
+    spread = pd.Series([1.0, 0.5, 2.0, 6.0, 5.0], index=pd.Index(range(1, 6), name="layer"))
+    fan = fan_profile(spread)
+    assert (fan.neck, fan.fan, fan.fan_layer, fan.last) == (0.5, 6.0, 4, 5.0)
+    assert fan.reclusters  # 5 < 0.9 * 6
+    assert not fan_profile(spread.replace(5.0, 5.5)).reclusters  # 5.5 > 5.4
+    assert not fan_profile(spread.replace(5.0, 7.0)).reclusters  # the last layer is the widest
+
+
+@pytest.mark.slow
+def test_one_projection_per_question_and_the_answer_words(tr):
+    traces = [tr] * 6
+    panels = question_panels(traces, {"a": [0, 1, 2], "b": [3, 4, 5]}, seed=0)
+    assert set(panels) == {"a", "b"} and all(len(c) == 3 * tr.n_layers for c in panels.values())
+    alone = project(answer_features(traces[:3]), "tsne", 0, perplexity=35.0)
+    np.testing.assert_allclose(panels["a"][["x", "y"]], alone[["x", "y"]])
+    assert answer_words(traces[:2], step=1) == [tr.tokens[1].strip()] * 2
 
 
 def test_plots_write_pngs(tr, tmp_path):

@@ -148,3 +148,92 @@ def test_the_patch_explorer_follows_layer_and_word(tiny_llava, image):
     shown = view.figure.axes[1].collections[0].get_array().reshape(4, 4)
     np_pl = pl.as_grid(pl.word_probs[1, :, 1]).numpy()
     assert abs(shown - np_pl).max() < 1e-6
+
+
+def _lens(probs: torch.Tensor, words: list[str]):
+    from lvlm_kit.image_lens import PatchLens
+
+    L1, P, _ = probs.shape
+    zeros = torch.zeros(L1, P, 1)
+    side = int(P**0.5)
+    return PatchLens(
+        torch.arange(P),
+        (side, side),
+        zeros.long(),
+        zeros,
+        words,
+        torch.arange(len(words)),
+        probs,
+        None,
+        "final_norm",
+    )
+
+
+def test_cell_accuracy_reads_each_kind_of_truth_and_the_true_words_probability():
+    import numpy as np
+
+    from lvlm_kit.image_lens import cell_accuracy
+
+    words = ["boat", "tree", "fish", "red", "blue"]
+    probs = torch.tensor([0.1, 0.1, 0.2, 0.3, 0.2]).repeat(3, 9, 1)
+    probs[2, 0, 0] = 0.9  # at the last layer, patch 0 says "boat"
+    probs[1:, 4, 2] = 0.8  # from layer 1, patch 4 says "fish"
+    probs[:, 1, 1] = 0.5  # patch 1 says "tree" everywhere
+    probs[2, 1, 4] = 0.6  # and "blue" at the last layer
+    cells = [[("boat", "red"), ("tree", "blue"), None, None, ("fish", "red"), *[None] * 4]]
+    acc = cell_accuracy(
+        [_lens(probs, words)],
+        cells,
+        {"category": ["boat", "tree", "fish"], "colour": ["red", "blue"]},
+    )
+    np.testing.assert_allclose(acc["category"].accuracy, [[2 / 3, 2 / 3, 1.0]])
+    np.testing.assert_allclose(acc["colour"].accuracy, [[2 / 3, 2 / 3, 1.0]])
+    assert acc["category"].chance == pytest.approx(1 / 3) and acc["colour"].chance == 0.5
+    assert acc["category"].best_layer == 2
+    truth = [c[0] if c else None for c in cells[0]]
+    np.testing.assert_allclose(
+        _lens(probs, words).true_word_prob(2, truth), [0.9, 0.5, 0, 0, 0.8, 0, 0, 0, 0]
+    )
+
+
+def test_the_first_layer_above_chance_needs_its_whole_band_above():
+    import numpy as np
+
+    from lvlm_kit.image_lens import PatchAccuracy
+
+    rng = np.random.default_rng(0)
+    n = 40
+    acc = np.stack(
+        [
+            np.tile([0.0, 2 / 3], n // 2),  # layer 0: mean exactly chance, wide band
+            0.36 + 0.3 * rng.standard_normal(n),  # layer 1: mean near chance, band straddles
+            0.6 + 0.05 * rng.standard_normal(n),  # layer 2: clearly above
+            np.full(n, 0.9),
+        ],
+        1,
+    )
+    acc[3] = np.nan  # an image without a known patch is left out
+    assert PatchAccuracy(acc, 1 / 3).first_layer_above_chance(0) == 2
+    assert PatchAccuracy(acc[:, :2], 1 / 3).first_layer_above_chance(0) is None
+    assert PatchAccuracy(acc, 1 / 3).best_layer == 3
+
+
+def test_the_prior_probe_splits_scenes_by_their_anchor():
+    import numpy as np
+
+    from lvlm_kit.image_lens import prior_probe
+
+    words = ["boat", "fish"]
+    with_boat = torch.tensor([0.5, 0.1]).repeat(3, 9, 1)
+    with_boat[1:, [1, 3, 4], 1] = 0.3  # from layer 1, "fish" next to the boat (patch 0)
+    without = torch.tensor([0.5, 0.05]).repeat(3, 9, 1)
+    boat = [("boat", "red"), *[None] * 8]
+    lenses = [_lens(with_boat, words), _lens(without, words), _lens(with_boat, words)]
+    probe = prior_probe(lenses, [boat, [None] * 9, boat], anchor="boat", word="fish")
+    np.testing.assert_allclose(probe.near, [[0.1, 0.3, 0.3]] * 2, rtol=1e-6)
+    np.testing.assert_allclose(probe.elsewhere, [[0.1, 0.1, 0.1]] * 2, rtol=1e-6)
+    np.testing.assert_allclose(probe.without, [[0.05] * 3], rtol=1e-6)
+    layers, low, high = probe.layers_higher_near(0)
+    assert layers == [1, 2]
+    np.testing.assert_allclose(low, [0, 0.2, 0.2], atol=1e-6)
+    np.testing.assert_allclose(high, low, atol=1e-6)  # two equal scenes: no spread

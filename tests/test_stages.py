@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import fake_trace
 
-from lvlm_kit.stages import StageConfig, critical_split, detect_stages
+from lvlm_kit.stages import StageConfig, critical_split, detect_stages, js_after_embedding
 
 L = 12
 
@@ -42,6 +42,15 @@ def test_detects_known_change_points():
     ]
     summary = st.summary()
     assert summary["critical_layer"] == 8 and summary["tokens_with_mutation"] == 0.5
+    assert st.split_ratio == pytest.approx(st.shallow_js / st.deep_js) and st.split_ratio > 4
+
+
+def test_the_js_curve_after_the_embedding_step_pools_every_token():
+    a, b = synthetic(n_tokens=3, mutating=(0,), seed=1), synthetic(n_tokens=5, seed=2)
+    curve = js_after_embedding([a, b])
+    assert curve.dtype == torch.float64 and curve.shape == (L - 1,)
+    torch.testing.assert_close(curve, torch.cat([a.js, b.js])[:, 1:].double().mean(0))
+    assert float(curve[0]) == pytest.approx(0.325, abs=0.03) and float(curve[-1]) < 0.1
 
 
 def test_a_late_probability_rise_is_no_mutation():

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..compare import Comparison
+from ..image_lens import PatchAccuracy
 from ..stages import detect_stages
 from .core import SPLIT_NOTE, ClaimConfig, ClaimResult, claim, relative
 from .registry import kit_check
@@ -210,14 +210,6 @@ def quant_hallucination_kept(
 
 
 # ---- the kit's own: the lens on the image tokens (notebook 10) ----------------------------
-
-
-@dataclass
-class PatchAccuracy:
-    """Per image and lens layer, the share of a model's patches decoding to their object."""
-
-    accuracy: np.ndarray  # [images, L+1]
-    chance: float  # 1 / the number of candidate words
 
 
 @kit_check(

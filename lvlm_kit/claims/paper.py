@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..stages import Stages, critical_split, detect_stages, token_kind
+from ..features import layer_spreads, shallow_and_deep
+from ..stages import Stages, critical_split, detect_stages, js_after_embedding, token_kind
 from ..tracing import Trace
 from .core import (
     SPLIT_NOTE,
@@ -254,7 +255,7 @@ def js_split(model: TraceSet, controls: Mapping[str, TraceSet], cfg: ClaimConfig
         js = [t.js[:, 1:].double().numpy() for t in ts.traces]
         return (lambda idx: step_bic(_pick(js, idx).mean(0))), [len(js)]
 
-    curve = torch.cat([t.js[:, 1:] for t in model.traces]).double().mean(0)
+    curve = js_after_embedding(model.traces)
     k = critical_split(curve) + 1 if len(curve) >= 4 else 0  # pair k: layer k to k + 1
     return claim(
         js_split,
@@ -642,11 +643,6 @@ def _preset_claim(number, statistic, rule, threshold, make, model, controls, cfg
 # ---- §5: features (Figs. 6-7) ---------------------------------------------------------------
 
 
-def _spreads(xy: np.ndarray) -> np.ndarray:
-    """``[units, layers, 2]`` -> ``[layers]`` mean distance to the per-layer centroid."""
-    return np.linalg.norm(xy - xy.mean(0, keepdims=True), axis=-1).mean(0)
-
-
 @paper_claim(
     12,
     "one image's tokens cluster in the first layers and diverge with depth",
@@ -665,11 +661,9 @@ def tokens_diverge(
     """
 
     def make(xy: np.ndarray):
-        L = xy.shape[1]
-
         def stat(idx):
-            s = _spreads(xy[idx])
-            return float(s[L // 2 :].mean() / max(s[:2].mean(), 1e-12))
+            shallow, deep = shallow_and_deep(layer_spreads(xy[idx]), 2)
+            return deep / max(shallow, 1e-12)
 
         return stat, [xy.shape[0]]
 
@@ -715,9 +709,8 @@ def vqa_fan(
         def stat(*idx):
             ratios = []
             for xy, i in zip(arrays, idx):
-                s = _spreads(xy[i])
-                L = len(s)
-                ratios.append(s[L // 2 :].mean() / max(s[: max(1, L // 4)].mean(), 1e-12))
+                shallow, deep = shallow_and_deep(layer_spreads(xy[i]), max(1, xy.shape[1] // 4))
+                ratios.append(deep / max(shallow, 1e-12))
             return float(np.mean(ratios))
 
         return stat, [xy.shape[0] for xy in arrays]
