@@ -74,27 +74,18 @@ def floor(lm, residuals: torch.Tensor) -> None:
 def hook_seconds(lm, T: int) -> float:
     """Seconds the recorder's hooks cost in one generation of T tokens.
 
-    The time inside the hook functions (a clock around each call) plus, per call, what
-    PyTorch adds to calling a module that has a hook (measured on ``nn.Identity``).
+    The time the recorder spends on each hidden state it is handed (a clock around
+    :meth:`~lvlm_kit.surgery.LensTap.on_state`) plus, per call, what PyTorch adds to calling
+    a module that has a hook (measured on ``nn.Identity``).
     """
     spent, calls = [0.0], [0]
 
     class Timed(ResidualRecorder):
-        def _pre_hook(self, module, args, kwargs):
+        def on_state(self, layer: int, hidden: torch.Tensor) -> None:
             start = time.perf_counter()
-            super()._pre_hook(module, args, kwargs)
+            super().on_state(layer, hidden)
             spent[0] += time.perf_counter() - start
-
-        def _make_hook(self, index):
-            hook = super()._make_hook(index)
-
-            def timed(module, args, output):
-                start = time.perf_counter()
-                hook(module, args, output)
-                spent[0] += time.perf_counter() - start
-                calls[0] += 1
-
-            return timed
+            calls[0] += 1
 
     recorded(lm, T, Timed)
     identity, x, n = torch.nn.Identity(), torch.zeros(1), 20000

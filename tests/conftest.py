@@ -1,5 +1,7 @@
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -102,6 +104,20 @@ def saved_llama(tiny_llama, tmp_path_factory):
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
     return (np.random.RandomState(1).rand(40, 48, 3) * 255).astype(np.uint8)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def build_wheel(dest: Path) -> Path:
+    """Build the kit's wheel from the checkout into ``dest``; return its path."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(dest), str(ROOT)],
+        check=True,
+    )
+    (wheel,) = Path(dest).glob("lvlm_kit-*.whl")
+    return wheel
 
 
 def fake_trace(text_tokens, token_prob, watch_ids=None, watch_probs=None, js=None):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import build_wheel
 
 ROOT = Path(__file__).parent.parent
 KIT_LINE = 'KIT = "/content/lvlm-kit"'
@@ -33,22 +34,7 @@ def test_every_notebook_has_the_same_setup_cell():
 @pytest.mark.kernels
 def test_notebook_00_installs_the_kit_and_runs_outside_the_checkout(tmp_path):
     # The wheel, built from the checkout.
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path / "dist"),
-            str(ROOT),
-        ],
-        check=True,
-    )
-    (wheel,) = (tmp_path / "dist").glob("lvlm_kit-*.whl")
+    wheel = build_wheel(tmp_path / "dist")
     # A fresh environment that sees the installed dependencies but not the kit.
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import build_wheel
 
 from lvlm_kit import load_model
 from lvlm_kit.testbed.evaluate import evaluate
@@ -63,27 +64,9 @@ def test_recorded_quality():
 @pytest.mark.slow
 def test_wheel_ships_both_testbed_models(tmp_path):
     """The weights are package data: a wheel built from the checkout holds them (<= 50 MB)."""
-    import subprocess
-    import sys
     import zipfile
 
-    root = WEIGHTS_DIR.parents[2]
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(root),
-        ],
-        check=True,
-    )
-    (wheel,) = tmp_path.glob("lvlm_kit-*.whl")
+    wheel = build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     for model in ("lvlm", "llm"):
         for file in ("config.json", "model.safetensors", "tokenizer.json"):
