@@ -2,7 +2,8 @@
 
 Each notebook ``notebooks/NN_name.ipynb`` is executed into ``<output>/NN_name.ipynb`` with
 ``OUTPUT_DIR=<output>/NN_name`` (figures and ``metrics.json`` go there). Extra parameters
-(``-p NAME VALUE``) apply to every notebook, as with papermill itself.
+(``-p NAME VALUE``) go to every notebook whose parameters cell declares them; a name that
+no notebook of the run declares is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ def run_notebooks(
 
     Args:
         output: folder for executed notebooks and their OUTPUT_DIRs.
-        parameters: papermill parameters applied to every notebook.
+        parameters: papermill parameters, each given to the notebooks that declare it.
         only: notebook stems to run (default: all).
 
     Raises:
         FileNotFoundError: a name in ``only`` matches no notebook.
-        ValueError: ``parameters`` sets ``OUTPUT_DIR`` (each notebook gets its own folder).
+        ValueError: ``parameters`` sets ``OUTPUT_DIR`` (each notebook gets its own folder),
+            or names a parameter that none of the notebooks declares.
     """
     import papermill as pm
 
@@ -61,11 +63,19 @@ def run_notebooks(
         if unknown:
             raise FileNotFoundError(f"no notebook named {sorted(unknown)} in {NOTEBOOKS}")
         notebooks = [nb for nb in notebooks if nb.stem in only]
+    declared = {nb.stem: set(pm.inspect_notebook(str(nb))) for nb in notebooks}
+    unknown = sorted(set(parameters or {}) - set().union(*declared.values()))
+    if unknown:
+        raise ValueError(
+            f"no notebook of this run has the parameter(s) {unknown}; the parameters are those "
+            "of the notebooks' parameters cells (e.g. -p N_IMAGES 8)."
+        )
     check_output(output, notebooks)
     output.mkdir(parents=True, exist_ok=True)
     done, failed = [], {}
     for nb in notebooks:
-        params = {"OUTPUT_DIR": str((output / nb.stem).resolve()), **(parameters or {})}
+        own = {k: v for k, v in (parameters or {}).items() if k in declared[nb.stem]}
+        params = {"OUTPUT_DIR": str((output / nb.stem).resolve()), **own}
         target = output / nb.name
         try:
             pm.execute_notebook(

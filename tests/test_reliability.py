@@ -125,6 +125,12 @@ def test_reproduce_refuses_one_output_dir_for_every_notebook(tmp_path):
     with pytest.raises(ValueError, match="--only names no notebook"):
         run_notebooks(tmp_path / "out", {}, only=[])
     assert not (tmp_path / "out").exists()
+    # a name no notebook of the run declares (a typo, or another notebook's parameter)
+    with pytest.raises(ValueError, match=r"has the parameter\(s\) \['N_IMAGE'\]"):
+        run_notebooks(tmp_path / "out", {"N_IMAGE": 4})
+    with pytest.raises(ValueError, match=r"\['IMAGES_PER_QUESTION'\]"):
+        run_notebooks(tmp_path / "out", {"IMAGES_PER_QUESTION": 4}, only=["00_quickstart"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_reproduce_never_overwrites_the_source_notebooks_or_a_users_files(tmp_path):
