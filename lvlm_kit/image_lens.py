@@ -23,6 +23,7 @@ from .inputs import ImageLike, prepare_inputs
 from .lens import NormPolicy, check_norm_policy
 from .loading import LoadedModel
 from .surgery import ResidualRecorder
+from .tracing import word_token_id
 
 
 @dataclass
@@ -67,13 +68,6 @@ class PatchLens:
         if self.grid is None:
             raise ValueError(f"{len(self.positions)} image tokens do not form a square grid.")
         return values.reshape(*values.shape[:-1], *self.grid)
-
-
-def _first_token(tokenizer, word: str, vocab_size: int) -> int:
-    pieces = tokenizer.encode(word, add_special_tokens=False)
-    if not pieces or not 0 <= pieces[0] < vocab_size:
-        raise ValueError(f"word {word!r} encodes to no token of this model's vocabulary.")
-    return int(pieces[0])
 
 
 @torch.inference_mode()
@@ -123,10 +117,10 @@ def image_token_lens(
     lens = loaded.lens(lens_norm)
     V = lens.vocab_size
     tok = loaded.tokenizer
-    word_ids = torch.tensor([_first_token(tok, w, V) for w in words], dtype=torch.long)
+    word_ids = torch.tensor([word_token_id(tok, w, V) for w in words], dtype=torch.long)
     true_ids = None
     if truth is not None:
-        true_ids = torch.tensor([-1 if w is None else _first_token(tok, w, V) for w in truth])
+        true_ids = torch.tensor([-1 if w is None else word_token_id(tok, w, V) for w in truth])
     with ResidualRecorder(loaded.anatomy, device=lens.device, all_positions=True) as rec:
         loaded.model(**inputs)
     hidden = rec.stacked()[0][:, positions.to(lens.device)]  # [L+1, P, d]

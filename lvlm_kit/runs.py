@@ -40,7 +40,7 @@ from .hallucination import (
 )
 from .loading import LoadedModel
 from .stages import Stages, detect_stages
-from .tracing import Trace, trace
+from .tracing import Trace, trace, word_token_id
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -303,6 +303,17 @@ def preset_counts(
     return PresetCounts(counts, overlap), texts
 
 
+def _known_words(loaded: LoadedModel, words: Sequence[str]) -> dict[str, int]:
+    """Each word the model can name, with its first token's id; the others are left out."""
+    known = {}
+    for word in words:
+        try:
+            known[word] = word_token_id(loaded.tokenizer, word, loaded.lens().vocab_size)
+        except ValueError:
+            continue
+    return known
+
+
 def object_token_events(
     loaded: LoadedModel,
     amber: AmberData,
@@ -364,11 +375,7 @@ def object_token_events(
         if not steps:
             continue
         rivals = [int(tr.topk_ids[i, -1, 1]) for i in steps]
-        truth = {
-            o: ids[0]
-            for o in ann["truth"]
-            if (ids := loaded.tokenizer.encode(o, add_special_tokens=False))
-        }
+        truth = _known_words(loaded, ann["truth"])
         watched = trace(
             loaded, image, prompt, max_new_tokens, watch=rivals + list(truth.values()), **kw
         )

@@ -206,21 +206,43 @@ class Trace:
 # ---- computing a trace -----------------------------------------------------------------
 
 
+def word_token_id(tokenizer: Any, word: str, vocab_size: int) -> int:
+    """The id of the first token ``word`` encodes to: how the kit watches a word.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        word: a word, encoded without special tokens.
+        vocab_size: the lens's vocabulary size ``V``.
+
+    Returns:
+        A token id in ``0..V-1``.
+
+    Raises:
+        ValueError: the word encodes to no token, to the unknown token, or to an id
+            outside the vocabulary.
+    """
+    pieces = tokenizer.encode(word, add_special_tokens=False)
+    if not pieces:
+        raise ValueError(f"word {word!r} encodes to no token.")
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and pieces[0] == unk:
+        raise ValueError(
+            f"word {word!r} is not in the model's vocabulary (it encodes to the unknown "
+            f"token {tokenizer.unk_token!r}); use a word the model knows, or a token id."
+        )
+    if not 0 <= int(pieces[0]) < vocab_size:
+        raise ValueError(
+            f"word {word!r} encodes to id {pieces[0]}, outside the vocabulary "
+            f"(0..{vocab_size - 1})."
+        )
+    return int(pieces[0])
+
+
 def _watch_ids(tokenizer: Any, watch: Sequence[int | str], vocab_size: int) -> torch.Tensor:
     ids = []
     for item in watch:
         if isinstance(item, str):
-            pieces = tokenizer.encode(item, add_special_tokens=False)
-            if not pieces:
-                raise ValueError(f"watch word {item!r} encodes to no token.")
-            unk = getattr(tokenizer, "unk_token_id", None)
-            if unk is not None and pieces[0] == unk:
-                raise ValueError(
-                    f"watch word {item!r} is not in the model's vocabulary (it encodes to the "
-                    f"unknown token {tokenizer.unk_token!r}); watch a word the model knows, or "
-                    "pass a token id."
-                )
-            item = pieces[0]
+            item = word_token_id(tokenizer, item, vocab_size)
         if not 0 <= int(item) < vocab_size:
             raise ValueError(f"watch id {item} is outside the vocabulary (0..{vocab_size - 1}).")
         ids.append(int(item))

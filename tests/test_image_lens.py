@@ -13,7 +13,7 @@ PROMPT = "Describe the image."
 
 
 def test_the_last_layer_is_the_models_own_prediction_at_each_patch(tiny_llava, image):
-    words = ["boat", "fish", "red"]
+    words = ["boat", "tree", "red"]
     pl = image_token_lens(tiny_llava, image, PROMPT, words=words, top_k=3)
     inputs, _ = prepare_inputs(tiny_llava, image, PROMPT)
     with torch.inference_mode():
@@ -40,6 +40,8 @@ def test_true_ranks_and_chunks(tiny_llava, image):
     assert (pl.true_rank[2, known] == 0).all() and (pl.true_rank[:, ~known] == -1).all()
     with pytest.raises(ValueError, match="truth has 3 entries for 16 image tokens"):
         image_token_lens(tiny_llava, image, PROMPT, truth=["boat"] * 3)
+    with pytest.raises(ValueError, match="'zebra' is not in the model's vocabulary.*<unk>"):
+        image_token_lens(tiny_llava, image, PROMPT, words=["boat", "zebra"])
 
 
 def test_a_text_model_or_no_image_is_refused(tiny_llama):
@@ -139,12 +141,12 @@ def test_the_patch_explorer_follows_layer_and_word(tiny_llava, image):
 
     from lvlm_kit.widgets import PatchExplorer
 
-    pl = image_token_lens(tiny_llava, image, PROMPT, words=["boat", "fish"])
+    pl = image_token_lens(tiny_llava, image, PROMPT, words=["boat", "tree"])
     view = PatchExplorer(pl, Image.fromarray(image))
     first = view.figure
     assert "layer 4" in first.axes[1].get_title() and "'boat'" in first.axes[1].get_title()
-    view.layer.value, view.word.value = 1, "fish"
-    assert "p('fish') at layer 1" in view.figure.axes[1].get_title()
+    view.layer.value, view.word.value = 1, "tree"
+    assert "p('tree') at layer 1" in view.figure.axes[1].get_title()
     shown = view.figure.axes[1].collections[0].get_array().reshape(4, 4)
     np_pl = pl.as_grid(pl.word_probs[1, :, 1]).numpy()
     assert abs(shown - np_pl).max() < 1e-6

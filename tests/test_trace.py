@@ -16,6 +16,7 @@ from lvlm_kit.tracing import (
     chunk_steps,
     reduce_steps,
     topk_last,
+    word_token_id,
 )
 
 PROMPT = "Describe the image."
@@ -276,3 +277,16 @@ def test_forced_tokens_are_read_by_the_other_model(llava_trace, tiny_llava, imag
         trace(other, image, PROMPT, 4, force=llava_trace.token_ids)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         trace(other, image, PROMPT, 4, force=[10**6])
+
+
+def test_a_word_is_watched_by_its_first_token(tiny_llava):
+    tok = tiny_llava.tokenizer
+    V = tiny_llava.lens().vocab_size
+    assert word_token_id(tok, "boat", V) == tok.encode("boat", add_special_tokens=False)[0]
+    with pytest.raises(ValueError, match="'zebra' is not in the model's vocabulary"):
+        word_token_id(tok, "zebra", V)
+    with pytest.raises(ValueError, match="encodes to no token"):
+        word_token_id(tok, "", V)
+    boat = word_token_id(tok, "boat", V)
+    with pytest.raises(ValueError, match=f"encodes to id {boat}, outside the vocabulary"):
+        word_token_id(tok, "boat", boat)
