@@ -303,12 +303,12 @@ def preset_counts(
     return PresetCounts(counts, overlap), texts
 
 
-def _known_words(loaded: LoadedModel, words: Sequence[str]) -> dict[str, int]:
+def _known_words(tokenizer: Any, words: Sequence[str], vocab_size: int) -> dict[str, int]:
     """Each word the model can name, with its first token's id; the others are left out."""
     known = {}
     for word in words:
         try:
-            known[word] = word_token_id(loaded.tokenizer, word, loaded.lens().vocab_size)
+            known[word] = word_token_id(tokenizer, word, vocab_size)
         except ValueError:
             continue
     return known
@@ -326,10 +326,10 @@ def object_token_events(
     """Trace every image, label its object tokens, and follow their rivals through the layers.
 
     Two rivals are followed for each object token: its runner-up at the last layer, and the
-    objects annotated in the image (their first tokens; the emitted object itself left
-    out). A second trace watches them at every layer; :func:`overtake_layer` gives the layer
-    from which the emitted token stays ahead of the runner-up (the paper's mutation, for a
-    hallucinated token).
+    objects annotated in the image (their first tokens; the emitted object itself and any
+    object the vocabulary cannot name left out). A second trace watches them at every
+    layer; :func:`overtake_layer` gives the layer from which the emitted token stays ahead
+    of the runner-up (the paper's mutation, for a hallucinated token).
 
     Args:
         loaded: the model.
@@ -361,6 +361,7 @@ def object_token_events(
     traces = trace_images(
         loaded, images, prompt, max_new_tokens, force=force, progress=progress, lens_norm=lens_norm
     )
+    vocab_size = loaded.lens(lens_norm).vocab_size  # the lens trace_images used
     rows = []
     bar = tqdm(amber.queries, desc="rivals", disable=not progress)
     for n, (q, image, tr) in enumerate(zip(bar, images, traces)):
@@ -375,7 +376,7 @@ def object_token_events(
         if not steps:
             continue
         rivals = [int(tr.topk_ids[i, -1, 1]) for i in steps]
-        truth = _known_words(loaded, ann["truth"])
+        truth = _known_words(loaded.tokenizer, ann["truth"], vocab_size)
         watched = trace(
             loaded, image, prompt, max_new_tokens, watch=rivals + list(truth.values()), **kw
         )

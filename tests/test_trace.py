@@ -282,11 +282,11 @@ def test_forced_tokens_are_read_by_the_other_model(llava_trace, tiny_llava, imag
 def test_a_word_is_watched_by_its_first_token(tiny_llava):
     tok = tiny_llava.tokenizer
     V = tiny_llava.lens().vocab_size
-    assert word_token_id(tok, "boat", V) == tok.encode("boat", add_special_tokens=False)[0]
+    boat = word_token_id(tok, "boat", V)
+    assert boat == tok.encode("boat", add_special_tokens=False)[0]
     with pytest.raises(ValueError, match="'zebra' is not in the model's vocabulary"):
         word_token_id(tok, "zebra", V)
     with pytest.raises(ValueError, match="encodes to no token"):
         word_token_id(tok, "", V)
-    boat = word_token_id(tok, "boat", V)
     with pytest.raises(ValueError, match=f"encodes to id {boat}, outside the vocabulary"):
         word_token_id(tok, "boat", boat)
